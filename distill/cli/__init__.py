@@ -1,0 +1,52 @@
+"""The ``distill`` command line: one typer app, one module per command group.
+
+Command functions parse options and call plain keyword-only functions; heavy
+libraries are imported inside those, so ``distill --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from distill.errors import DistillError
+
+app = typer.Typer(
+    name="distill", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Knowledge distillation and compression for sequence labelling (NER).",
+)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")):
+    if debug:
+        os.environ["DISTILL_DEBUG"] = "1"
+
+
+from distill.cli import common, predict, quantize, report, student, teacher  # noqa: E402,F401  (registers commands)
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 1; ``--debug`` shows tracebacks."""
+    debug = "--debug" in sys.argv or os.environ.get("DISTILL_DEBUG") == "1"
+    try:
+        app(standalone_mode=False)
+    except DistillError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        raise

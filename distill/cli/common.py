@@ -1,0 +1,42 @@
+"""Options shared by several commands, and small helpers for command functions."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DATASET = typer.Option("msra", "--dataset", help="Built-in dataset name (used when --train is not given).")
+TRAIN = typer.Option(None, "--train", help="Training file (CoNLL, MSRA, JSONL); default: the built-in dataset.")
+DEV = typer.Option(None, "--dev", help="Dev file; default: a deterministic split carved from train.")
+TEST = typer.Option(None, "--test", help="Test file; default: the built-in test set (or dev).")
+FORMAT = typer.Option("auto", "--format", help="auto|conll|msra|jsonl")
+MAX_TRAIN = typer.Option(None, "--max-train", help="Use a deterministic random subset of this many train sentences.")
+MAX_DEV = typer.Option(None, "--max-dev", help="Use at most this many dev sentences.")
+MAX_TEST = typer.Option(None, "--max-test", help="Use at most this many test sentences.")
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter (load reports, download bars) that is not the user's business."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+    logging.getLogger("torch").setLevel(logging.ERROR)
+
+
+def dataset_kwargs(dataset: str, train: Optional[Path], dev: Optional[Path], test: Optional[Path], fmt: str,
+                   max_train: Optional[int], max_dev: Optional[int], max_test: Optional[int]) -> dict:
+    return dict(name=dataset, train=train, dev=dev, test=test, fmt=fmt,
+                max_train=max_train, max_dev=max_dev, max_test=max_test)

@@ -1,0 +1,1 @@
+"""distill quantize commands (see the quantize module)."""

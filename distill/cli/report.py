@@ -1,0 +1,1 @@
+"""distill report commands (see the report module)."""

@@ -1,0 +1,1 @@
+"""distill student commands (see the student module)."""

@@ -1,0 +1,91 @@
+"""``distill teacher train|eval|emit``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from distill.cli import app
+from distill.cli.common import DATASET, DEV, FORMAT, MAX_DEV, MAX_TEST, MAX_TRAIN, TEST, TRAIN, dataset_kwargs, quiet_libraries
+
+teacher_app = typer.Typer(no_args_is_help=True, help="Train, evaluate and emit from a BERT-CRF teacher.")
+app.add_typer(teacher_app, name="teacher")
+
+
+@teacher_app.command("train")
+def train_cmd(
+    out: Path = typer.Option(Path("runs/teacher"), "--out", "-o", help="Output model folder."),
+    backbone: Optional[str] = typer.Option(None, help="Local folder or hub id; default: bundled all-MiniLM-L6-v2."),
+    head: str = typer.Option("crf", help="crf | bilstm-crf | softmax"),
+    extend_vocab: bool = typer.Option(True, help="Add training tokens the tokenizer maps to [UNK]."),
+    random_init: bool = typer.Option(False, help="Random weights instead of pretrained (ablation)."),
+    num_layers: Optional[int] = typer.Option(None, help="Keep only the first N encoder layers."),
+    freeze_layers: int = typer.Option(0, help="Freeze the embeddings and the first N encoder layers."),
+    epochs: int = typer.Option(3, help="Maximum epochs."),
+    batch_size: int = typer.Option(32),
+    lr: float = typer.Option(1e-4, help="Encoder learning rate."),
+    embedding_lr: float = typer.Option(2e-3, help="Learning rate of the token embedding matrix."),
+    head_lr: float = typer.Option(1e-3, help="Learning rate of the linear (and BiLSTM) head."),
+    crf_lr: float = typer.Option(1e-2, help="Learning rate of the CRF transitions."),
+    warmup: float = typer.Option(0.06, help="Share of steps for linear warmup (then linear decay)."),
+    clip: float = typer.Option(1.0, help="Gradient norm clipping (0: off)."),
+    dropout: float = typer.Option(0.1),
+    max_length: int = typer.Option(128, help="Sub-tokens per piece; longer sentences are split."),
+    patience: int = typer.Option(2, help="Stop after this many epochs without dev F1 gain."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    seed: int = typer.Option(13),
+    resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT.work/."),
+    dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
+    fmt: str = FORMAT, max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV, max_test: Optional[int] = MAX_TEST,
+):
+    """Fine-tune a BERT-family encoder with a CRF head on a labelled corpus."""
+    quiet_libraries()
+    from distill.train import TrainConfig
+    from teachers.train import train_teacher
+
+    try:
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr, head_lr=head_lr,
+                          crf_lr=crf_lr, warmup=warmup, clip=clip, patience=patience, seed=seed, max_steps=max_steps)
+    except ValueError as e:
+        from distill.errors import DistillError
+        raise DistillError(str(e)) from None
+    summary = train_teacher(
+        out=out, dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test),
+        backbone=backbone, head=head, extend_vocab=extend_vocab, random_init=random_init, num_layers=num_layers,
+        freeze_layers=freeze_layers, dropout=dropout, max_length=max_length, train_config=cfg, resume=resume)
+    print(f"best dev F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
+
+
+@teacher_app.command("eval")
+def eval_cmd(
+    model: Path = typer.Argument(..., help="Model folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics JSON here (default MODEL/eval.json)."),
+    split: str = typer.Option("test", help="test | dev"),
+    batch_size: int = typer.Option(64),
+    dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
+    fmt: str = FORMAT, max_test: Optional[int] = MAX_TEST,
+):
+    """Entity-level precision/recall/F1 (seqeval, strict) of any model folder."""
+    from distill.cli.predict import eval_cmd as generic
+
+    generic(model=model, out=out, split=split, batch_size=batch_size, dataset=dataset, train=train, dev=dev,
+            test=test, fmt=fmt, max_test=max_test)
+
+
+@teacher_app.command("emit")
+def emit_cmd(
+    model: Path = typer.Argument(..., help="Teacher model folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Emissions folder (default MODEL/emissions-train)."),
+    batch_size: int = typer.Option(64),
+    dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
+    fmt: str = FORMAT, max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV,
+):
+    """Write the teacher's word-level emissions on the training data for students to learn from."""
+    quiet_libraries()
+    from distill.emissions import emit
+
+    folder = emit(model=model, out=out, dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, None),
+                  batch_size=batch_size)
+    print(f"emissions written to {folder}")

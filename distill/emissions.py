@@ -1,0 +1,137 @@
+"""Teacher emissions on disk: what students learn from without running the teacher.
+
+A folder with ``emissions.npy`` (float16, shape (total words, K), memory-mapped on
+read), ``offsets.npy`` (int64, N + 1: sentence i is rows ``offsets[i]:offsets[i+1]``),
+and ``meta.json`` (labels, CRF transitions, the fingerprint of the data and label set).
+Written atomically; read back only when every part agrees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from distill.data import Corpus
+from distill.errors import DistillError
+from distill.features import iterate_batches, make_pieces
+from distill.fileio import atomic_dir, write_json
+
+FORMAT = "distill-emissions/1"
+
+
+def fingerprint(corpus: Corpus, labels: Sequence[str]) -> str:
+    """Identifies the sentences and the label set emissions were made for."""
+    return hashlib.sha256((corpus.fingerprint() + "|" + "|".join(labels)).encode()).hexdigest()[:16]
+
+
+@torch.inference_mode()
+def compute(model, sentences: Sequence[Sequence[str]], batch_size: int = 64, progress=None) -> list[np.ndarray]:
+    """Word-level emissions (n_words, K) float32 per sentence (long sentences in pieces, joined)."""
+    K = len(model.labels)
+    out = [np.zeros((len(s), K), dtype=np.float32) for s in sentences]
+    pieces = make_pieces(model, sentences)
+    for idx, batch in iterate_batches(model, pieces, batch_size):
+        emissions = model(batch).emissions.float().cpu().numpy()
+        for row, i in enumerate(idx):
+            p = pieces[i]
+            out[p.sentence][p.start : p.end] = emissions[row, : p.n_words]
+        if progress is not None:
+            progress(len(idx))
+    return out
+
+
+def write(folder: str | Path, per_sentence: Sequence[np.ndarray], labels: Sequence[str], corpus: Corpus,
+          transitions: dict | None = None, extra: dict | None = None) -> Path:
+    folder = Path(folder)
+    lengths = np.array([len(e) for e in per_sentence], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    with atomic_dir(folder) as tmp:
+        arr = np.lib.format.open_memmap(tmp / "emissions.npy", mode="w+", dtype=np.float16,
+                                        shape=(int(offsets[-1]), len(labels)))
+        for i, e in enumerate(per_sentence):
+            arr[offsets[i] : offsets[i + 1]] = e
+        arr.flush()
+        del arr
+        np.save(tmp / "offsets.npy", offsets)
+        write_json(tmp / "meta.json", {
+            "format": FORMAT, "labels": list(labels), "fingerprint": fingerprint(corpus, labels),
+            "sentences": len(per_sentence), "words": int(offsets[-1]), "dataset": corpus.name,
+            "transitions": transitions, **(extra or {}),
+        })
+    return folder
+
+
+class Emissions:
+    """Read-only, memory-mapped teacher emissions; ``emissions[i]`` is sentence i's (n, K) array."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        meta_path = self.folder / "meta.json"
+        if not meta_path.exists():
+            raise DistillError(f"{self.folder}: not an emissions folder (meta.json missing); run `distill teacher emit`")
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            self.offsets = np.load(self.folder / "offsets.npy")
+            self.data = np.load(self.folder / "emissions.npy", mmap_mode="r")
+        except (OSError, ValueError, json.JSONDecodeError) as e:
+            raise DistillError(f"{self.folder}: corrupt emissions ({str(e).splitlines()[0]}); delete it and emit again") from None
+        if self.meta.get("format") != FORMAT:
+            raise DistillError(f"{meta_path}: unknown format {self.meta.get('format')!r}, expected {FORMAT!r}")
+        n, words, K = self.meta["sentences"], self.meta["words"], len(self.meta["labels"])
+        if len(self.offsets) != n + 1 or int(self.offsets[-1]) != words or self.data.shape != (words, K):
+            raise DistillError(
+                f"{self.folder}: index does not match data ({len(self.offsets) - 1} offsets for {n} sentences, "
+                f"data {tuple(self.data.shape)} for {words} words x {K} labels); delete it and emit again")
+
+    @property
+    def labels(self) -> list[str]:
+        return self.meta["labels"]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.data[self.offsets[i] : self.offsets[i + 1]]
+
+    def check(self, corpus: Corpus, labels: Sequence[str]) -> None:
+        """Refuse emissions made for other sentences or another label set."""
+        if list(labels) != self.labels:
+            raise DistillError(f"{self.folder}: emissions are for labels {self.labels}, the student uses {list(labels)}")
+        want = fingerprint(corpus, labels)
+        if self.meta["fingerprint"] != want:
+            raise DistillError(
+                f"{self.folder}: emissions were made for dataset {self.meta.get('dataset')!r} "
+                f"(fingerprint {self.meta['fingerprint']}), not for this training data (fingerprint {want}); "
+                f"emit them again for this data")
+
+
+def default_folder(model: str | Path) -> Path:
+    return Path(model) / "emissions-train"
+
+
+def emit(*, model: str | Path, dataset: dict, out: str | Path | None = None, batch_size: int = 64,
+         quiet: bool = False) -> Path:
+    """Run the teacher over the training split of ``dataset`` and write its emissions."""
+    from distill.data import load_dataset
+    from distill.modeling import load_model
+    from distill.progress import progress_bar
+
+    teacher = load_model(model)
+    if not hasattr(teacher, "crf"):
+        raise DistillError(f"{model}: emissions need a PyTorch teacher (kind {getattr(teacher, 'kind', '?')!r})")
+    ds = load_dataset(**dataset)
+    corpus = ds.train
+    with progress_bar(disable=quiet) as bar:
+        task = bar.add_task("emitting", total=len(corpus))
+        per_sentence = compute(teacher, corpus.tokens, batch_size, progress=None)
+        bar.update(task, completed=len(corpus))
+    crf = teacher.crf
+    transitions = None if crf is None else {
+        "start": crf.start_transitions.tolist(), "end": crf.end_transitions.tolist(), "transitions": crf.transitions.tolist()}
+    return write(out or default_folder(model), per_sentence, teacher.labels, corpus, transitions,
+                 {"teacher": str(model)})

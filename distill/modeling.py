@@ -1,0 +1,190 @@
+"""The one output contract, the base class every tagger shares, and model folders.
+
+A trained model is a folder: ``model.safetensors``, a ``distill.json`` with its kind,
+config, label set and data facts, plus whatever its featurizer needs (tokenizer
+files, a vocabulary). :func:`load_model` rebuilds any kind from the folder alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from distill.crf import CRF
+from distill.errors import DistillError
+from distill.fileio import atomic_dir, write_json
+
+META_FILE = "distill.json"
+FORMAT_VERSION = 1
+
+# kind -> "module:Class"; imported only when a folder of that kind is loaded.
+MODEL_KINDS: dict[str, str] = {
+    "bert-crf": "teachers.bert_crf:BertTagger",
+    "bilstm-crf": "students.bilstm_crf:BiLSTMTagger",
+    "torch-int8": "quantize.int8:Int8Tagger",
+    "onnx": "quantize.onnx_export:OnnxTagger",
+    "bnb8": "quantize.bnb:Bnb8Tagger",
+    "fp16": "quantize.fp16:HalfTagger",
+}
+
+
+@dataclass
+class TaggerOutput:
+    """What every teacher and student returns.
+
+    emissions: (B, W, K) word-level tag scores; mask: (B, W) bool, true at real words;
+    hidden_states: optional tuple of (B, S, H) encoder layers (BERT models only).
+    """
+
+    emissions: Tensor
+    mask: Tensor
+    hidden_states: tuple[Tensor, ...] | None = None
+
+
+class Tagger(nn.Module):
+    """Base of all PyTorch taggers: a featurizer, an encoder giving word-level
+    emissions, and a CRF (or a softmax when ``crf`` is None).
+
+    Subclasses implement ``encode_words``, ``build_feature``, ``collate``, ``forward``,
+    ``config_dict``, ``build`` and ``save_extra``.
+    """
+
+    kind: ClassVar[str] = ""
+    # sub-token budget for one piece of a sentence (long sentences are split to fit)
+    max_length: int = 128
+
+    def __init__(self, labels: Sequence[str], meta: dict[str, Any] | None = None):
+        super().__init__()
+        self.labels = list(labels)
+        self.meta = dict(meta or {})
+        self.crf: CRF | None = None
+
+    # --- featurizing -------------------------------------------------------
+    def encode_words(self, sentences: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+        """Per sentence, per word, the input ids of that word (at least one)."""
+        raise NotImplementedError
+
+    def build_feature(self, word_ids: Sequence[Sequence[int]]) -> dict[str, list[int]]:
+        raise NotImplementedError
+
+    def collate(self, features: Sequence[dict]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    # --- the model ---------------------------------------------------------
+    def loss(self, out: TaggerOutput, tags: Tensor) -> Tensor:
+        """Gold-tag loss per real word position: CRF NLL summed over the batch and
+        divided by the number of real words (so it sits on the same scale as the
+        per-position KD terms), or cross-entropy for a softmax head."""
+        n = out.mask.sum().clamp_min(1)
+        if self.crf is None:
+            logp = out.emissions.log_softmax(-1)
+            nll = -logp.gather(2, tags.clamp_min(0).unsqueeze(2)).squeeze(2)
+            return (nll * out.mask).sum() / n
+        return self.crf(out.emissions, tags, out.mask, reduction="sum") / n
+
+    @torch.inference_mode()
+    def decode(self, out: TaggerOutput) -> Tensor:
+        """Best tag ids (B, W), -1 at padding."""
+        if self.crf is None:
+            return out.emissions.argmax(-1).masked_fill(~out.mask, -1)
+        return self.crf.decode(out.emissions.float(), out.mask)
+
+    @torch.inference_mode()
+    def decode_batch(self, batch: dict[str, Tensor]) -> list[list[int]]:
+        out = self(batch)
+        tags = self.decode(out)
+        lengths = out.mask.sum(1).tolist()
+        return [row[:n] for row, n in zip(tags.tolist(), lengths)]
+
+    def param_group_of(self, name: str) -> str:
+        """Which learning-rate group a parameter belongs to: embeddings|encoder|head|crf."""
+        if name.startswith("crf."):
+            return "crf"
+        if "word_embeddings" in name or name.startswith("embedding."):
+            return "embeddings"
+        if name.startswith("encoder."):
+            return "encoder"
+        return "head"
+
+    # --- folders -----------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, config: dict[str, Any], labels: list[str], meta: dict[str, Any], folder: Path) -> "Tagger":
+        """Rebuild an untrained model of this architecture from a saved folder."""
+        raise NotImplementedError
+
+    def save_extra(self, folder: Path) -> None:
+        """Write tokenizer or vocabulary files beside the weights."""
+
+    def save(self, folder: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
+        """Write the model folder atomically (a reader never sees a partial one)."""
+        from safetensors.torch import save_model
+
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            save_model(self, str(tmp / "model.safetensors"))
+            self.save_extra(tmp)
+            meta = dict(self.meta, **(extra_meta or {}))
+            write_json(tmp / META_FILE, {
+                "format": FORMAT_VERSION, "kind": self.kind, "labels": self.labels,
+                "config": self.config_dict(), "meta": meta, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            })
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path, info: dict[str, Any]) -> "Tagger":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model as st_load
+
+        model = cls.build(info["config"], info["labels"], info.get("meta", {}), folder)
+        weights = folder / "model.safetensors"
+        if not weights.exists():
+            raise DistillError(f"{weights}: missing; the model folder is incomplete")
+        try:
+            st_load(model, str(weights))
+        except (SafetensorError, OSError, RuntimeError) as e:
+            first = str(e).splitlines()[0][:160]
+            raise DistillError(f"{weights}: cannot be loaded ({first}); the file is truncated or from another model") from None
+        model.eval()
+        return model
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    if not folder.exists():
+        raise DistillError(f"{folder}: no such model folder")
+    if not folder.is_dir():
+        raise DistillError(f"{folder}: is a file, expected a model folder (with {META_FILE})")
+    path = folder / META_FILE
+    if not path.exists():
+        raise DistillError(f"{folder}: not a distill model folder ({META_FILE} missing)")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DistillError(f"{path}: corrupt model description ({e})") from None
+    if not isinstance(info, dict) or "kind" not in info or "labels" not in info:
+        raise DistillError(f"{path}: missing 'kind' or 'labels'; expected a distill model description")
+    return info
+
+
+def model_class(kind: str) -> type:
+    if kind not in MODEL_KINDS:
+        raise DistillError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+    module, name = MODEL_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_model(folder: str | Path) -> Any:
+    """Load any model folder distill wrote (teacher, student, quantized, ONNX)."""
+    folder = Path(folder)
+    info = read_meta(folder)
+    return model_class(info["kind"]).load(folder, info)

@@ -1,0 +1,86 @@
+"""Plain functions behind ``distill eval`` and ``distill predict``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from distill.errors import DataError, DistillError
+
+OUTPUT_FORMATS = ("conll", "json")
+
+
+def eval_model(*, model: str | Path, dataset: dict, split: str = "test", out: str | Path | None = None,
+               batch_size: int = 64) -> dict[str, Any]:
+    """Evaluate a model folder on a split; write metrics JSON (default ``MODEL/eval.json``)."""
+    from distill.data import load_dataset
+    from distill.evaluate import evaluate
+    from distill.fileio import write_json
+    from distill.modeling import load_model
+
+    if split not in ("test", "dev"):
+        raise DistillError(f"--split must be test or dev, got {split!r}")
+    m = load_model(model)
+    ds = load_dataset(**dataset)
+    corpus = ds.test if split == "test" else ds.dev
+    if set(corpus.entity_types()) - {l[2:] for l in m.labels if l != "O"}:
+        raise DistillError(f"{model}: model labels {m.labels} do not cover the {split} set's types {corpus.entity_types()}")
+    metrics = evaluate(m, corpus, batch_size)
+    metrics.update(model=str(model), dataset=ds.name, split=split, dataset_fingerprint=ds.fingerprint())
+    write_json(out or Path(model) / "eval.json", metrics)
+    return metrics
+
+
+def _read_raw(input: str) -> list[str]:
+    if input == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        name = "<stdin>"
+    else:
+        path = Path(input)
+        if not path.exists():
+            raise DataError(path, None, "file not found")
+        if path.is_dir():
+            raise DataError(path, None, "is a folder, expected a text file")
+        data, name = path.read_bytes(), str(path)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(name, data.count(b"\n", 0, e.start) + 1, "not valid UTF-8; expected a UTF-8 text file") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def predict_file(*, model: str | Path, text: str | None = None, input: str | None = None, labelled: bool = False,
+                 output_format: str = "conll", out: str | Path | None = None, batch_size: int = 64,
+                 stdout: TextIO | None = None) -> int:
+    """Tag text and write one block per input sentence; returns the number of sentences tagged."""
+    from distill.data import read_corpus, split_text
+    from distill.evaluate import predict_tags, to_output
+    from distill.fileio import write_text
+    from distill.modeling import load_model
+
+    if output_format not in OUTPUT_FORMATS:
+        raise DistillError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    m = load_model(model)
+    meta = m.meta
+    char_level = bool(meta.get("char_level", False))
+    scheme, sep = meta.get("scheme", "BIO"), meta.get("separator", "-")
+    if labelled:
+        if input is None or input == "-":
+            raise DistillError("--labelled needs --input FILE")
+        corpus = read_corpus(input)
+        sentences, scheme, sep = corpus.tokens, corpus.scheme, corpus.separator
+    else:
+        lines = [text] if text is not None else _read_raw(input)
+        sentences = [split_text(line, char_level) for line in lines]
+        sentences = [s for s in sentences if s]
+    tags = predict_tags(m, sentences, batch_size)
+    blocks = [to_output(s, t, scheme, sep, output_format, char_level) for s, t in zip(sentences, tags)]
+    body = ("\n" if output_format == "conll" else "\n").join(blocks)
+    if blocks and output_format == "json":
+        body += "\n"
+    if out is not None:
+        write_text(out, body)
+    else:
+        (stdout or sys.stdout).write(body)
+    return len(sentences)

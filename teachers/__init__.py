@@ -1,0 +1,1 @@
+"""Teachers: BERT-family encoders with a CRF, BiLSTM-CRF or softmax head."""

@@ -1,0 +1,41 @@
+"""``distill teacher train``: fine-tune a BERT-family encoder with a CRF head."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from distill.data import load_dataset
+from distill.train import TrainConfig, train
+
+
+def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = None, head: str = "crf",
+                  extend_vocab: bool = True, random_init: bool = False, num_layers: int | None = None,
+                  freeze_layers: int = 0, dropout: float = 0.1, max_length: int = 128,
+                  train_config: TrainConfig | None = None, resume: bool = False, quiet: bool = False) -> dict:
+    """Train a teacher on ``dataset`` (kwargs of :func:`distill.data.load_dataset`) into ``out``."""
+    import torch
+
+    from teachers.bert_crf import build_teacher
+
+    cfg = train_config or TrainConfig()
+    ds = load_dataset(**dataset)
+    torch.manual_seed(cfg.seed)
+    model = build_teacher(
+        ds.labels, ds.train.tokens, backbone=backbone, head=head, extend_vocab=extend_vocab,
+        random_init=random_init, num_layers=num_layers, freeze_layers=freeze_layers, dropout=dropout,
+        max_length=max_length,
+        meta={"role": "teacher", "char_level": ds.train.char_level, "scheme": ds.train.scheme,
+              "separator": ds.train.separator, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint()},
+    )
+    vocab = model.meta["vocabulary"]
+    if not quiet:
+        print(f"teacher: {ds.name} train {len(ds.train)} / dev {len(ds.dev)} sentences, labels {ds.labels}")
+        print(f"vocabulary: {vocab['unk_rate_before']:.1%} of train tokens were [UNK]; added {vocab['added']} tokens"
+              + (f" -> {vocab['unk_rate_after']:.1%} [UNK]" if vocab.get("added") else ""))
+    params = {"backbone": backbone, "head": head, "extend_vocab": extend_vocab, "random_init": random_init,
+              "num_layers": num_layers, "freeze_layers": freeze_layers, "dropout": dropout,
+              "max_length": max_length, "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()},
+              "train_config": asdict(cfg)}
+    return train(model, ds.train, ds.dev, out, cfg, resume=resume, quiet=quiet, extra_meta={"params": params})
