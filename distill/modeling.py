@@ -158,6 +158,23 @@ class Tagger(nn.Module):
         return model
 
 
+def collate_extras(features: Sequence[dict], batch: dict[str, Tensor], W: int) -> None:
+    """Pass per-word float extras of the features through as padded (B, W, K) tensors.
+
+    ``teacher_emissions`` ((n_words, K) arrays added by distillation) become
+    ``batch["teacher_emissions"]``; every collate calls this, so students need no KD code.
+    """
+    for key in ("teacher_emissions",):
+        if key not in features[0]:
+            continue
+        K = features[0][key].shape[-1]
+        t = torch.zeros((len(features), W, K), dtype=torch.float32)
+        for i, f in enumerate(features):
+            e = torch.as_tensor(f[key], dtype=torch.float32)
+            t[i, : e.shape[0]] = e
+        batch[key] = t
+
+
 def read_meta(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if not folder.exists():

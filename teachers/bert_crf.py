@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from distill.crf import CRF
 from distill.errors import DistillError
-from distill.modeling import Tagger, TaggerOutput
+from distill.modeling import Tagger, TaggerOutput, collate_extras
 
 HEADS = ("crf", "bilstm-crf", "softmax")
 
@@ -122,7 +122,7 @@ class BertTagger(Tagger):
                 tags[i, :w] = torch.tensor(f["tags"])
         batch = {"input_ids": input_ids, "attention_mask": attention, "word_index": word_index,
                  "word_mask": word_mask, "tags": tags}
-        _collate_extras(features, batch, W)
+        collate_extras(features, batch, W)
         return batch
 
     # --- the model ---------------------------------------------------------
@@ -161,17 +161,6 @@ class BertTagger(Tagger):
                    lstm_hidden=config["lstm_hidden"], max_length=config["max_length"], meta=meta)
 
 
-def _collate_extras(features, batch, W) -> None:
-    """Pass per-word float extras (e.g. ``teacher_emissions``, (W, K) arrays) through as (B, W, K)."""
-    if "teacher_emissions" in features[0]:
-        K = features[0]["teacher_emissions"].shape[-1]
-        t = torch.zeros((len(features), W, K), dtype=torch.float32)
-        for i, f in enumerate(features):
-            e = torch.as_tensor(f["teacher_emissions"], dtype=torch.float32)
-            t[i, : e.shape[0]] = e
-        batch["teacher_emissions"] = t
-
-
 # ---------------------------------------------------------------------------
 # Building a fresh teacher
 
@@ -201,10 +190,12 @@ def extend_vocabulary(tokenizer, encoder, sentences, threshold: float = 0.02, mi
     new = [w for w, c in missing.most_common() if c >= min_count]
     added = tokenizer.add_tokens(new)
     old_size = encoder.get_input_embeddings().weight.shape[0]
-    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    encoder.resize_token_embeddings(max(len(tokenizer), old_size), mean_resizing=False)
+    new_ids = torch.tensor(tokenizer.convert_tokens_to_ids(new), dtype=torch.long)
     with torch.no_grad():
         emb = encoder.get_input_embeddings().weight
-        emb[old_size:] = emb[:old_size].mean(0, keepdim=True) + 0.02 * torch.randn(emb.shape[0] - old_size, emb.shape[1])
+        known = emb[: min(old_size, len(tokenizer) - added)]
+        emb[new_ids] = known.mean(0, keepdim=True) + 0.02 * torch.randn(len(new_ids), emb.shape[1])
     info.update(added=added, unk_rate_after=round(unk_rate(tokenizer, sentences)[0], 4),
                 examples=new[:20], vocab_size=len(tokenizer))
     return info

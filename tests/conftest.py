@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny corpora from tests/resources and a tiny BERT backbone built
+from a small config (2 layers, hidden 32) with a WordPiece vocabulary of its own.
+Nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESOURCES = Path(__file__).parent / "resources"
+
+
+@pytest.fixture(scope="session")
+def resources() -> Path:
+    return RESOURCES
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_kwargs(resources) -> dict:
+    """``load_dataset`` kwargs for the tiny MSRA-format corpus (40 train, 20 test sentences)."""
+    return {"train": resources / "msra_train.txt", "test": resources / "msra_test.txt", "fmt": "msra"}
+
+
+def make_tiny_backbone(folder: Path, chars: str = "", hidden: int = 32, layers: int = 2) -> Path:
+    """Write a randomly initialised tiny BERT and a fast WordPiece tokenizer to ``folder``.
+
+    Its vocabulary holds the special tokens, ASCII letters and digits, a few English
+    words, and ``chars`` (so tests can leave some characters out to exercise [UNK]
+    and vocabulary extension).
+    """
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["the", "said", "european", "german", "##ing", "."]
+    letters = list("abcdefghijklmnopqrstuvwxyz0123456789,;:!?'\"-()")
+    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + letters + ["##" + c for c in letters] + words))
+    vocab += [c for c in dict.fromkeys(chars) if c not in vocab]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory, resources) -> Path:
+    """A tiny BERT whose vocabulary knows about half of the tiny corpus's characters."""
+    from distill.data import read_msra
+
+    corpus = read_msra(resources / "msra_train.txt")
+    chars = sorted({c for s in corpus.tokens for c in s})
+    return make_tiny_backbone(tmp_path_factory.mktemp("backbone"), "".join(chars[::2]))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, tiny_backbone, tiny_dataset_kwargs) -> Path:
+    """A tiny BERT-CRF teacher trained for a few steps on the tiny corpus (a model folder)."""
+    from distill.train import TrainConfig
+    from teachers.train import train_teacher
+
+    out = tmp_path_factory.mktemp("teacher") / "model"
+    train_teacher(out=out, dataset=tiny_dataset_kwargs, backbone=str(tiny_backbone),
+                  train_config=TrainConfig(epochs=2, batch_size=8, lr=1e-3, embedding_lr=1e-3, head_lr=1e-2,
+                                           checkpoint_minutes=0), quiet=True)
+    return out
