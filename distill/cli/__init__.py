@@ -26,6 +26,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 from distill.cli import common, predict, quantize, report, student, teacher  # noqa: E402,F401  (registers commands)
+from distill.cli import adapt  # noqa: E402,F401  (after teacher: adds `teacher adapt`)
 
 
 def main() -> None:

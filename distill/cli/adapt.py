@@ -1,0 +1,1 @@
+"""distill teacher adapt (see teachers/adapt.py)."""
