@@ -1,0 +1,138 @@
+import json
+
+import pytest
+
+from distill.data import load_dataset, read_conll, read_corpus, read_jsonl, read_msra, read_twofile, split_long, split_text
+from distill.errors import DataError, DistillError
+
+
+def test_msra_reader_crlf_and_bmes(resources):
+    c = read_msra(resources / "msra_train.txt")
+    assert len(c) == 40
+    assert c.scheme == "BMES" and c.char_level
+    assert all(len(t) == 1 for s in c.tokens for t in s)
+    assert not any(t.endswith("\r") for s in c.tags for t in s)
+    assert {t[:2] for s in c.tags for t in s} <= {"O", "B-", "I-"}  # converted to BIO
+    assert c.entity_types() == ["LOC", "ORG", "PER"]
+
+
+def test_conll_reader_skips_docstart_and_keeps_last_column(resources):
+    c = read_conll(resources / "tiny.conll")
+    assert c.tokens[0][:3] == ["EU", "rejects", "German"]
+    assert c.tags[0][:3] == ["B-ORG", "O", "B-MISC"]
+    assert len(c) == 5 and c.scheme == "BIO"
+
+
+def test_conll_tabs_and_spaces(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_text("Paris\tB-LOC\nis  O\n\nJohn\tI-PER\n")
+    c = read_conll(p)
+    assert c.tokens == [["Paris", "is"], ["John"]]
+    assert c.scheme == "BIO"
+
+
+def test_iob1_input_detected_and_converted(tmp_path):
+    p = tmp_path / "iob1.conll"
+    p.write_text("John I-PER\nSmith I-PER\nMary B-PER\nsaw O\nParis I-LOC\n")
+    c = read_conll(p)
+    assert c.scheme == "IOB1"
+    assert c.tags[0] == ["B-PER", "I-PER", "B-PER", "O", "B-LOC"]
+
+
+def test_jsonl_reader(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"tokens": ["Anna", "lives", "in", "Rome"], "tags": ["S-PER", "O", "O", "S-LOC"]}) + "\n")
+    c = read_jsonl(p)
+    assert c.scheme == "BIOES" and c.tags == [["B-PER", "O", "O", "B-LOC"]]
+
+
+def test_twofile_reader(tmp_path):
+    t, g = tmp_path / "s.txt", tmp_path / "s.tags"
+    t.write_text("Anna lives in Rome\nHi\n")
+    g.write_text("B_PER O O B_LOC\nO\n")
+    c = read_twofile(t, g)
+    assert c.tokens == [["Anna", "lives", "in", "Rome"], ["Hi"]]
+    assert c.separator == "_" and c.tags[0] == ["B-PER", "O", "O", "B-LOC"]
+
+
+@pytest.mark.parametrize("content,line,needle", [
+    (b"Paris B-LOC\nis\n", 2, "at least 2 columns"),
+    (b"Paris B-LOC\nis X-FOO\n", 2, "fits no scheme"),
+    (b"", 1, "empty"),
+    (b"  \n\n", 1, "empty"),
+    (b"Paris B-LOC\n\xff\xfe O\n", 2, "UTF-8"),
+])
+def test_conll_bad_input_names_file_and_line(tmp_path, content, line, needle):
+    p = tmp_path / "bad.conll"
+    p.write_bytes(content)
+    with pytest.raises(DataError) as e:
+        read_conll(p)
+    assert e.value.line == line
+    assert str(e.value).startswith(f"{p}:{line}:")
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_jsonl_bad_lines(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"tokens": ["a"], "tags": ["O"]}\n{"tokens": ["a", "b"], "tags": ["O"]}\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: 2 tokens but 1 tags"):
+        read_jsonl(p)
+    p.write_text('{"tokens": ["a"], "tags": ["O"]}\nnot json\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: invalid JSON"):
+        read_jsonl(p)
+
+
+def test_twofile_mismatched_line_counts(tmp_path):
+    t, g = tmp_path / "s.txt", tmp_path / "s.tags"
+    t.write_text("a b\nc\nd\n")
+    g.write_text("O O\nO\n")
+    with pytest.raises(DataError, match="2 lines of tags but 3 lines of text"):
+        read_twofile(t, g)
+    g.write_text("O O\nO O\nO\n")
+    with pytest.raises(DataError, match=r"s.tags:2: 2 tags for 1 tokens"):
+        read_twofile(t, g)
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_corpus(tmp_path / "nope.conll")
+    with pytest.raises(DistillError, match="unknown format"):
+        read_corpus(tmp_path / "nope.conll", fmt="xml")
+
+
+def test_dev_split_is_deterministic_and_disjoint(resources, tiny_dataset_kwargs):
+    a = load_dataset(**tiny_dataset_kwargs)
+    b = load_dataset(**tiny_dataset_kwargs)
+    assert a.fingerprint() == b.fingerprint()
+    assert len(a.train) + len(a.dev) == 40
+    assert not {tuple(s) for s in a.train.tokens} & {tuple(s) for s in a.dev.tokens}
+    assert a.labels == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+
+
+def test_builtin_msra_is_the_default():
+    ds = load_dataset(max_train=100, max_dev=10, max_test=10)
+    assert ds.name == "msra" and ds.info["scheme"] == "BMES"
+    assert (len(ds.train), len(ds.dev), len(ds.test)) == (100, 10, 10)
+    assert ds.fingerprint() == load_dataset(max_train=100, max_dev=10, max_test=10).fingerprint()
+
+
+def test_split_text():
+    assert split_text("我 爱北京", True) == ["我", "爱", "北", "京"]
+    assert split_text("I love  Paris", False) == ["I", "love", "Paris"]
+
+
+def test_split_long_prefers_punctuation_and_covers_everything():
+    tokens = list("今天天气很好，我们去公园玩。然后回家")
+    pieces = split_long(tokens, [1] * len(tokens), 10)
+    assert pieces[0] == (0, 7)  # cut after the comma
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(tokens)
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+    assert all(sum(1 for _ in range(s, e)) <= 10 for s, e in pieces)
+
+
+def test_split_long_without_punctuation_cuts_at_limit_and_handles_huge_words():
+    tokens = ["w"] * 25
+    assert split_long(tokens, [1] * 25, 10) == [(0, 10), (10, 20), (20, 25)]
+    # a word longer than the limit still gets a piece of its own
+    assert split_long(["a", "b", "c"], [1, 50, 1], 10) == [(0, 1), (1, 2), (2, 3)]
