@@ -1,1 +1,77 @@
-"""distill student commands (see the student module)."""
+"""``distill student``: train a BiLSTM-CRF or small-BERT student from a teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from distill.cli import app
+from distill.cli.common import DATASET, DEV, FORMAT, MAX_DEV, MAX_TEST, MAX_TRAIN, TEST, TRAIN, dataset_kwargs, quiet_libraries
+from distill.errors import DistillError
+
+
+def parse_layers(text: Optional[str]) -> Optional[list[int]]:
+    """``"0,2,4"`` -> ``[0, 2, 4]``."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DistillError(f"--layers expects comma-separated layer numbers such as 0,2,4, got {text!r}") from None
+
+
+@app.command("student")
+def student_cmd(
+    arch: str = typer.Option("bilstm-crf", "--arch", help="bilstm-crf | bert-small"),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher model folder (optional only with --alpha 1 and bilstm-crf)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the gold-tag CRF loss; 1 - alpha goes to distillation (1: no teacher)."),
+    temperature: float = typer.Option(4.0, "--T", "--temperature", help="Distillation temperature (> 0)."),
+    kd: str = typer.Option("emission", "--kd", help="emission (KL of tag distributions) | marginal (KL of CRF marginals) | both"),
+    hidden_weight: float = typer.Option(0.0, "--hidden-weight", help="bert-small: weight of hidden-state matching (runs the teacher each batch)."),
+    emissions: Optional[Path] = typer.Option(None, "--emissions", help="Teacher emissions folder (default TEACHER/emissions-train; made if missing)."),
+    out: Path = typer.Option(Path("runs/student"), "--out", "-o", help="Output model folder."),
+    num_layers: Optional[int] = typer.Option(None, "--num-layers", help="bert-small: teacher layers to keep (default 3, or the count of --layers)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="bert-small: which teacher layers, e.g. 0,2,4 (default evenly spaced)."),
+    embedding_dim: int = typer.Option(128, "--embedding-dim", help="bilstm-crf: word embedding size."),
+    hidden_size: int = typer.Option(256, "--hidden-size", help="bilstm-crf: BiLSTM output size, both directions together."),
+    lstm_layers: int = typer.Option(1, "--lstm-layers", help="bilstm-crf: stacked BiLSTM layers."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout (default 0.5 for bilstm-crf, the teacher's for bert-small)."),
+    init_embeddings: bool = typer.Option(False, "--init-embeddings", help="bilstm-crf: start word embeddings from the teacher's (PCA-projected)."),
+    min_count: int = typer.Option(2, "--min-count", help="bilstm-crf: words seen fewer times in train are [UNK]."),
+    max_length: int = typer.Option(512, "--max-length", help="bilstm-crf: words per piece; longer sentences are split."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 10 bilstm-crf, 5 bert-small)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 32)."),
+    lr: Optional[float] = typer.Option(None, help="Encoder (BiLSTM / BERT layers) learning rate (default 2e-3 / 1e-4)."),
+    embedding_lr: Optional[float] = typer.Option(None, help="Embedding learning rate (default 2e-3 / 1e-4)."),
+    head_lr: Optional[float] = typer.Option(None, help="Linear layer learning rate (default 2e-3 / 1e-3)."),
+    crf_lr: Optional[float] = typer.Option(None, help="CRF transitions learning rate (default 1e-2)."),
+    warmup: Optional[float] = typer.Option(None, help="Share of steps for linear warmup (default 0 / 0.06)."),
+    clip: Optional[float] = typer.Option(None, help="Gradient norm clipping, 0: off (default 5 / 1)."),
+    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without dev F1 gain (default 3 / 2)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    seed: int = typer.Option(13),
+    resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT.work/."),
+    dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
+    fmt: str = FORMAT, max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV, max_test: Optional[int] = MAX_TEST,
+):
+    """Train a student on gold tags and the teacher's soft emissions:
+    alpha * CRF NLL + (1 - alpha) * T^2 * KL(teacher || student)."""
+    quiet_libraries()
+    from students.train import default_train_config, train_student
+
+    layer_list = parse_layers(layers)
+    if num_layers is None:
+        num_layers = len(layer_list) if layer_list is not None else 3
+    cfg = default_train_config(arch, epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr,
+                               head_lr=head_lr, crf_lr=crf_lr, warmup=warmup, clip=clip, patience=patience,
+                               max_steps=max_steps, seed=seed)
+    summary = train_student(
+        out=out, teacher=teacher, arch=arch,
+        dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test),
+        alpha=alpha, temperature=temperature, kd=kd, hidden_weight=hidden_weight, emissions=emissions,
+        num_layers=num_layers, layers=layer_list, embedding_dim=embedding_dim, hidden_size=hidden_size,
+        lstm_layers=lstm_layers, dropout=dropout, init_embeddings=init_embeddings, min_count=min_count,
+        max_length=max_length, train_config=cfg, resume=resume)
+    print(f"best dev F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")

@@ -1,0 +1,84 @@
+"""Small BERT student: the teacher's encoder cut to N layers, started from the teacher's
+own fine-tuned weights.
+
+The student keeps the teacher's tokenizer, embeddings and hidden size; encoder layer i
+starts as teacher layer ``layers[i]`` (default evenly spaced, ``i * L // N``: 0, 2, 4
+of 6, as DistilBERT does), and the linear layer and CRF start as the teacher's. It is
+an ordinary ``bert-crf`` model folder (meta role "student"), loaded by
+:func:`distill.modeling.load_model` like any teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+from torch import Tensor
+
+from distill.errors import DistillError
+from teachers.bert_crf import BertTagger
+
+
+def default_layers(teacher_layers: int, num_layers: int) -> list[int]:
+    """Evenly spaced teacher layers, starting at the first: ``i * L // N``."""
+    return [i * teacher_layers // num_layers for i in range(num_layers)]
+
+
+def check_layers(teacher_layers: int, num_layers: int, layers: Sequence[int] | None) -> list[int]:
+    """The teacher layers to keep; one-line errors for impossible choices."""
+    if not 0 < num_layers <= teacher_layers:
+        raise DistillError(f"--num-layers must be in 1..{teacher_layers} (the teacher's layers), got {num_layers}")
+    if layers is None:
+        return default_layers(teacher_layers, num_layers)
+    layers = list(layers)
+    if len(layers) != num_layers:
+        raise DistillError(f"--layers names {len(layers)} layers ({layers}) but --num-layers is {num_layers}")
+    bad = [l for l in layers if not 0 <= l < teacher_layers]
+    if bad:
+        raise DistillError(f"--layers {bad} out of range; the teacher has layers 0..{teacher_layers - 1}")
+    if sorted(set(layers)) != layers:
+        raise DistillError(f"--layers must be distinct and increasing, got {layers}")
+    return layers
+
+
+class BertSmallTagger(BertTagger):
+    """A ``bert-crf`` tagger that, while training with hidden-state matching, also
+    returns its encoder's hidden states (so the one training loop can pass them to the
+    loss). It saves as kind ``bert-crf`` and loads back as a plain :class:`BertTagger`."""
+
+    return_hidden_states: bool = False
+
+    def forward(self, batch: dict[str, Tensor], output_hidden_states: bool | None = None):
+        if output_hidden_states is None:
+            output_hidden_states = self.return_hidden_states and self.training
+        return super().forward(batch, output_hidden_states=output_hidden_states)
+
+
+def build_bert_small(teacher: BertTagger, num_layers: int = 3, layers: Sequence[int] | None = None,
+                     meta: dict | None = None) -> BertSmallTagger:
+    """A new BERT-CRF whose encoder is ``num_layers`` of ``teacher``'s layers (copied),
+    with the teacher's embeddings, tokenizer, head and CRF."""
+    from transformers import AutoModel
+
+    if not isinstance(teacher, BertTagger):
+        raise DistillError(f"bert-small needs a BERT-CRF teacher (kind 'bert-crf'), got kind {getattr(teacher, 'kind', '?')!r}")
+    total = teacher.encoder.config.num_hidden_layers
+    layers = check_layers(total, num_layers, layers)
+    config = copy.deepcopy(teacher.encoder.config)
+    config.num_hidden_layers = len(layers)
+    encoder = AutoModel.from_config(config, add_pooling_layer=False)
+    encoder.embeddings.load_state_dict(teacher.encoder.embeddings.state_dict())
+    for i, l in enumerate(layers):
+        encoder.encoder.layer[i].load_state_dict(teacher.encoder.encoder.layer[l].state_dict())
+    student = BertSmallTagger(encoder, teacher.tokenizer, teacher.labels, head=teacher.head,
+                              dropout=teacher.dropout_p, lstm_hidden=teacher.lstm_hidden,
+                              max_length=teacher.max_length + 2,
+                              meta=dict(meta or {}, teacher_layers=total, layers=layers,
+                                        backbone=teacher.meta.get("backbone"),
+                                        vocabulary=teacher.meta.get("vocabulary")))
+    student.classifier.load_state_dict(teacher.classifier.state_dict())
+    if teacher.lstm is not None:
+        student.lstm.load_state_dict(teacher.lstm.state_dict())
+    if teacher.crf is not None:
+        student.crf.load_state_dict(teacher.crf.state_dict())
+    return student
