@@ -1,0 +1,511 @@
+"""Language-adaptive pretraining of a backbone: continued masked-language-model (MLM)
+training on in-domain text after the vocabulary extension, so the new token embeddings
+learn from text and not only from NER labels ("Don't Stop Pretraining", Gururangan et
+al. 2020).
+
+Whole-word masking (Cui et al. 2019; for character-level text a word is one character):
+about ``mask_prob`` of a sequence's sub-tokens are chosen a word at a time, and each
+chosen word is replaced by [MASK] (80%), by random tokens (10%) or kept (10%) (Devlin et
+al. 2019). The loss is cross-entropy at the chosen positions only. The decoder of the
+MLM head is tied to the input embeddings, so every step gives every new row a gradient.
+
+The output folder is a backbone that ``distill teacher train --backbone`` accepts: the
+base encoder (``config.json`` + ``model.safetensors``), the extended tokenizer, the MLM
+head's own weights (``mlm_head.safetensors``, for a later round of adaptation), the
+loss log and ``adapt.json`` (what was done).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Collection, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from distill.data import Corpus, _read_lines, load_dataset, split_text
+from distill.errors import DataError, DistillError
+from distill.features import bucket_batches, make_pieces
+from distill.fileio import atomic_dir, atomic_path, write_json
+from distill.progress import progress_bar
+from distill.train import _StopFlag
+from teachers.bert_crf import BertTagger, _offline_kwargs, default_backbone, extend_vocabulary, load_tokenizer, unk_rate
+
+ADAPT_FILE = "adapt.json"
+HEAD_FILE = "mlm_head.safetensors"
+LOG = "adapt_log.jsonl"
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "distill-adapt/1"
+IGNORE = -100  # label of positions that are not predicted
+
+
+@dataclass
+class AdaptConfig:
+    """Hyperparameters of an adaptation run (``steps`` wins over ``epochs``; neither: 1 epoch)."""
+
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 32
+    max_length: int = 128  # sub-tokens per sequence, [CLS] and [SEP] included
+    lr: float = 1e-4  # encoder layers, position/type embeddings, embedding LayerNorm
+    embedding_lr: float = 2e-3  # the word embedding matrix (= the tied MLM decoder)
+    head_lr: float = 1e-3  # the MLM head's transform and output bias
+    embeddings_only_steps: int = 0  # train only word embeddings + head for these first steps
+    mask_prob: float = 0.15
+    warmup: float = 0.06  # share of each group's steps for linear warmup, then linear decay
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    seed: int = 13
+    checkpoint_every: int = 200  # steps
+
+    def __post_init__(self):
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"give steps or epochs, not both (got steps={self.steps}, epochs={self.epochs})")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        for name in ("batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_length < 3:
+            raise ValueError(f"max_length must be >= 3 ([CLS], a token, [SEP]), got {self.max_length}")
+        for name in ("lr", "embedding_lr", "head_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.embeddings_only_steps < 0:
+            raise ValueError(f"embeddings_only_steps must be >= 0, got {self.embeddings_only_steps}")
+        if not 0 < self.mask_prob < 1:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
+
+
+# ---------------------------------------------------------------------------
+# Masking
+
+
+def mask_words(words: Sequence[Sequence[int]], rng: random.Random, *, mask_id: int, vocab_size: int,
+               mask_prob: float = 0.15, special_ids: Collection[int] = ()) -> tuple[list[int], list[int]]:
+    """Whole-word masking of one sequence with the 80/10/10 rule.
+
+    ``words``: per word, its sub-token ids. Words are drawn in random order until
+    ``mask_prob`` of the sub-tokens are covered (the target is rounded stochastically, so
+    the expected share is exactly ``mask_prob``; at least one word per sequence). Each
+    chosen word, all its sub-tokens together, becomes [MASK] with probability 0.8, random
+    non-special tokens with 0.1, and stays as it is with 0.1. Words made only of
+    ``special_ids`` (e.g. [UNK]) are never chosen.
+
+    Returns ``(input_ids, labels)``, flat over the sub-tokens: ``labels`` holds the
+    original id at chosen positions and -100 elsewhere.
+    """
+    special = set(special_ids)
+    candidates = [i for i, w in enumerate(words) if any(t not in special for t in w)]
+    n_tokens = sum(len(words[i]) for i in candidates)
+    target = int(mask_prob * n_tokens + rng.random())
+    if candidates:
+        target = max(1, target)
+    rng.shuffle(candidates)
+    chosen: set[int] = set()
+    covered = 0
+    for i in candidates:
+        if covered >= target:
+            break
+        if covered and covered + len(words[i]) > target:
+            continue  # would overshoot; a shorter word may still fit
+        chosen.add(i)
+        covered += len(words[i])
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for i, w in enumerate(words):
+        if i not in chosen:
+            input_ids.extend(w)
+            labels.extend([IGNORE] * len(w))
+            continue
+        labels.extend(w)
+        r = rng.random()
+        if r < 0.8:
+            input_ids.extend([mask_id] * len(w))
+        elif r < 0.9:
+            input_ids.extend(_random_token(rng, vocab_size, special) for _ in w)
+        else:
+            input_ids.extend(w)
+    return input_ids, labels
+
+
+def _random_token(rng: random.Random, vocab_size: int, special: set[int]) -> int:
+    while True:
+        t = rng.randrange(vocab_size)
+        if t not in special:
+            return t
+
+
+# ---------------------------------------------------------------------------
+# Text
+
+
+def _is_cjk(ch: str) -> bool:
+    o = ord(ch)
+    return (0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF
+            or 0x3040 <= o <= 0x30FF or 0x20000 <= o <= 0x2FA1F)
+
+
+def looks_char_level(lines: Sequence[str], sample: int = 2000) -> bool:
+    """True when most non-space characters of the first ``sample`` lines are CJK
+    (Chinese/Japanese text has no spaces between words: split it per character)."""
+    chars = [c for line in lines[:sample] for c in line if not c.isspace()]
+    return bool(chars) and sum(map(_is_cjk, chars)) > len(chars) / 2
+
+
+def read_text(path: str | Path, char_level: bool | None = None) -> Corpus:
+    """An unlabelled corpus from a text file, one document or sentence per line.
+
+    ``char_level`` None: split per character when the text is mostly CJK, else on whitespace.
+    """
+    path = Path(path)
+    lines = _read_lines(path)  # one-line DataErrors: missing, folder, not UTF-8, empty
+    if char_level is None:
+        char_level = looks_char_level(lines)
+    tokens = [toks for toks in (split_text(line, char_level) for line in lines) if toks]
+    if not tokens:
+        raise DataError(path, 1, "no text found; expected one document or sentence per line")
+    return Corpus(tokens, None, char_level=char_level, name=path.name)
+
+
+class _Featurizer:
+    """Sub-word alignment for :func:`distill.features.make_pieces`: the teacher's own
+    ``encode_words`` (one alignment function for the whole project), pieces of at most
+    ``max_length`` sub-tokens; a feature is the piece's per-word sub-token ids."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    encode_words = BertTagger.encode_words
+
+    def build_feature(self, word_ids):
+        return {"words": [list(w) for w in word_ids]}
+
+
+# ---------------------------------------------------------------------------
+# Model, optimizer, schedule
+
+
+def load_mlm(source: str):
+    """The MLM model and fast tokenizer of a backbone (folder or hub id).
+
+    A backbone without an MLM head (all-MiniLM-L6-v2 is a sentence encoder) gets a newly
+    initialised one; a folder written by :func:`adapt_backbone` brings its trained head.
+    Returns ``(model, tokenizer, head)`` where ``head`` says where the head came from.
+    """
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(source, output_loading_info=True, **_offline_kwargs(source))
+    except (OSError, ValueError) as e:
+        raise DistillError(f"cannot load backbone {source!r} as a masked language model: {str(e).splitlines()[0]}") from None
+    tokenizer = load_tokenizer(source)
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith(model.base_model_prefix + "."))
+    head: dict[str, Any] = {"source": "backbone checkpoint" if not missing else "newly initialised", "missing": missing}
+    head_file = Path(source) / HEAD_FILE
+    if head_file.exists():
+        from safetensors.torch import load_file
+
+        result = model.load_state_dict(load_file(str(head_file)), strict=False)
+        if result.unexpected_keys:
+            raise DistillError(f"{head_file}: unexpected keys {result.unexpected_keys[:3]}; not an MLM head of this model")
+        head = {"source": str(head_file), "missing": []}
+    if tokenizer.mask_token_id is None:
+        raise DistillError(f"{source!r}: the tokenizer has no mask token; cannot train a masked language model")
+    return model, tokenizer, head
+
+
+def tie_decoder(model) -> bool:
+    """Make the MLM decoder share the input embedding matrix; True when it had to be tied here."""
+    emb, dec = model.get_input_embeddings(), model.get_output_embeddings()
+    if dec is None:
+        raise DistillError(f"{type(model).__name__} has no output embeddings to tie")
+    if dec.weight is emb.weight:
+        return False
+    dec.weight = emb.weight
+    return True
+
+
+def group_params(model) -> list[tuple[str, Any]]:
+    """Each parameter (tied ones once) with its learning-rate group: embeddings (the word
+    embedding matrix, shared with the MLM decoder), encoder (the rest of the base model:
+    layers, position/type embeddings, LayerNorm) or head (the MLM head's own weights)."""
+    emb = model.get_input_embeddings().weight
+    base = {id(p) for p in model.base_model.parameters()}
+    return [("embeddings" if p is emb else "encoder" if id(p) in base else "head", p) for p in model.parameters()]
+
+
+def make_optimizer(model, cfg: AdaptConfig):
+    lrs = {"embeddings": cfg.embedding_lr, "encoder": cfg.lr, "head": cfg.head_lr}
+    groups: dict[str, dict] = {}
+    for g, p in group_params(model):
+        decay = cfg.weight_decay if p.ndim >= 2 else 0.0
+        groups.setdefault(f"{g}/{decay}", {"params": [], "lr": lrs[g], "weight_decay": decay, "name": g})["params"].append(p)
+    return torch.optim.AdamW(list(groups.values()))
+
+
+def make_schedule(optimizer, cfg: AdaptConfig, total: int):
+    """Per group: linear warmup over ``warmup`` of its steps, then linear decay to 0 at
+    ``total``. The encoder's steps start after the embeddings-only phase."""
+    def schedule(start: int):
+        warm = int(cfg.warmup * max(0, total - start))
+
+        def factor(step: int) -> float:
+            if step < start:
+                return 0.0
+            s = step - start
+            if s < warm:
+                return (s + 1) / max(1, warm)
+            return max(0.0, (total - step) / max(1, total - start - warm))
+        return factor
+
+    starts = {"embeddings": 0, "head": 0, "encoder": min(cfg.embeddings_only_steps, total)}
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule(starts[g["name"]]) for g in optimizer.param_groups])
+
+
+def set_embeddings_only(groups: list[tuple[str, Any]], on: bool) -> None:
+    """Freeze (``on``) or unfreeze everything but the word embeddings and the MLM head
+    (``groups`` from :func:`group_params`). Frozen parameters get no gradient, so AdamW
+    leaves them exactly as they are (no weight decay either)."""
+    for g, p in groups:
+        if g == "encoder":
+            p.requires_grad = not on
+
+
+def collate(features: Sequence[dict], rng: random.Random, tokenizer, mask_prob: float) -> dict:
+    """Mask each feature's words and pad: input_ids, attention_mask, labels, each (B, S)."""
+    special = set(tokenizer.all_special_ids)
+    seqs = [mask_words(f["words"], rng, mask_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
+                       mask_prob=mask_prob, special_ids=special) for f in features]
+    B, S = len(seqs), max(len(ids) for ids, _ in seqs) + 2
+    input_ids = torch.full((B, S), tokenizer.pad_token_id or 0, dtype=torch.long)
+    labels = torch.full((B, S), IGNORE, dtype=torch.long)
+    attention = torch.zeros((B, S), dtype=torch.long)
+    for i, (ids, lab) in enumerate(seqs):
+        n = len(ids) + 2
+        input_ids[i, :n] = torch.tensor([tokenizer.cls_token_id, *ids, tokenizer.sep_token_id])
+        labels[i, 1 : n - 1] = torch.tensor(lab)
+        attention[i, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def mlm_loss(model, batch: dict):
+    """Mean cross-entropy over the masked positions (labels != -100).
+
+    For BERT the head runs only at those positions: with a ~35k vocabulary the decoder
+    would otherwise cost as much as the encoder."""
+    labels = batch["labels"]  # shape: (B, S)
+    if not hasattr(model, "cls"):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    chosen = labels != IGNORE
+    logits = model.cls(hidden[chosen])  # shape: (N, V)
+    return F.cross_entropy(logits.float(), labels[chosen])
+
+
+# ---------------------------------------------------------------------------
+# The run
+
+
+def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None = None, dataset: dict | None = None,
+                   steps: int | None = None, epochs: float | None = None, batch_size: int = 32, max_length: int = 128,
+                   lr: float = 1e-4, embedding_lr: float = 2e-3, head_lr: float = 1e-3, embeddings_only_steps: int = 0,
+                   mask_prob: float = 0.15, warmup: float = 0.06, seed: int = 13, extend_vocab: bool = True,
+                   min_count: int = 2, char_level: bool | None = None, checkpoint_every: int = 200,
+                   resume: bool = False, quiet: bool = False) -> dict:
+    """Continue MLM pretraining of ``backbone`` on ``text`` (a file) or the train text of
+    ``dataset`` (kwargs of :func:`distill.data.load_dataset`; default the built-in MSRA
+    train split, without its dev part), after extending the vocabulary with its [UNK]
+    words. Writes the adapted backbone folder ``out``; checkpoints and the loss log live in
+    ``out.work/``. Returns the summary written to ``out/adapt.json``.
+    """
+    try:
+        cfg = AdaptConfig(steps=steps, epochs=epochs, batch_size=batch_size, max_length=max_length, lr=lr,
+                          embedding_lr=embedding_lr, head_lr=head_lr, embeddings_only_steps=embeddings_only_steps,
+                          mask_prob=mask_prob, warmup=warmup, seed=seed, checkpoint_every=checkpoint_every)
+    except ValueError as e:
+        raise DistillError(str(e)) from None
+    if text is not None and dataset is not None:
+        raise DistillError("give a text file or a dataset, not both")
+    out = Path(out)
+    work = out.with_name(out.name + ".work")
+    ckpt_path, log_path = work / CHECKPOINT, work / LOG
+    t_start = time.time()
+
+    # text
+    if text is not None:
+        corpus = read_text(text, char_level)
+        source_info = {"source": "text file", "path": str(text)}
+    else:
+        ds = load_dataset(**(dataset or {}))
+        corpus = ds.train  # never dev (carved from train) nor test
+        source_info = {"source": "dataset train split (tags ignored)", "dataset": ds.name,
+                       "options": {k: str(v) if isinstance(v, Path) else v for k, v in (dataset or {}).items()}}
+    source_info.update(sentences=len(corpus), tokens=corpus.n_tokens(), char_level=corpus.char_level,
+                       fingerprint=corpus.fingerprint())
+
+    # model: load, extend the vocabulary, tie the decoder
+    source = backbone or default_backbone()
+    torch.manual_seed(cfg.seed)
+    model, tokenizer, head = load_mlm(source)
+    if extend_vocab:
+        vocab = extend_vocabulary(tokenizer, model, corpus.tokens, min_count=min_count)
+    else:
+        vocab = {"unk_rate_before": round(unk_rate(tokenizer, corpus.tokens)[0], 4), "added": 0}
+    vocab.update(vocab_size=len(tokenizer), new_token_ids=[len(tokenizer) - vocab["added"], len(tokenizer)],
+                 decoder_tied_here=tie_decoder(model))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+    limit = min(cfg.max_length, getattr(model.config, "max_position_embeddings", cfg.max_length)) - 2
+    pieces = make_pieces(_Featurizer(tokenizer, limit), corpus.tokens)
+    if not pieces:
+        raise DistillError("no text to train on after tokenisation")
+    lengths = [sum(len(w) for w in p.feature["words"]) for p in pieces]
+    steps_per_epoch = math.ceil(len(pieces) / cfg.batch_size)
+    total = cfg.steps or max(1, round((cfg.epochs or 1.0) * steps_per_epoch))
+
+    groups = group_params(model)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_schedule(optimizer, cfg, total)
+    run = {"backbone": source, "text_fingerprint": source_info["fingerprint"], "vocab_size": len(tokenizer),
+           "total_steps": total, **{k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}}
+    state: dict[str, Any] = {"step": 0, "train_seconds": 0.0, "subtokens": 0, "run": run}
+    if resume:
+        if not ckpt_path.exists():
+            raise DistillError(f"{ckpt_path}: no checkpoint to resume from")
+        ckpt = load_checkpoint(ckpt_path)
+        before = ckpt["state"]["run"]
+        changed = [k for k in run if before.get(k) != run[k]]
+        if changed:
+            was = ", ".join(f"{k}={before.get(k)!r} (now {run[k]!r})" for k in changed)
+            raise DistillError(f"{ckpt_path}: was made with other options: {was}; "
+                               f"run with the same options or without --resume")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        random.setstate((ckpt["rng"]["python"][0], tuple(ckpt["rng"]["python"][1]), ckpt["rng"]["python"][2]))
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        state = ckpt["state"]
+        _truncate_log(log_path, state["step"])
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        log_path.unlink(missing_ok=True)
+    if not quiet:
+        print(f"adapt: {len(corpus)} sentences, {corpus.n_tokens()} tokens ({'characters' if corpus.char_level else 'words'}), "
+              f"{len(pieces)} sequences; vocabulary +{vocab['added']} tokens "
+              f"({vocab['unk_rate_before']:.1%} [UNK] before); {total} steps of {cfg.batch_size}")
+
+    epoch_batches: dict[int, list[list[int]]] = {}
+    with _StopFlag() as flag, progress_bar(disable=quiet) as bar, open(log_path, "a", encoding="utf-8") as log:
+        task = bar.add_task("adapt", total=total, completed=state["step"])
+        recent: list[float] = []
+        t0 = time.time()
+        while state["step"] < total:
+            step = state["step"]
+            if flag.stop:
+                state["train_seconds"] += time.time() - t0
+                save_checkpoint(ckpt_path, model, optimizer, scheduler, state)
+                raise DistillError(f"interrupted at step {step}/{total}; checkpoint saved to {ckpt_path}; "
+                                   f"run the same command with --resume to continue")
+            set_embeddings_only(groups, step < cfg.embeddings_only_steps)
+            epoch, b = divmod(step, steps_per_epoch)
+            if epoch not in epoch_batches:
+                epoch_batches = {epoch: bucket_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)}
+            rng = random.Random(cfg.seed * 1_000_003 + step)  # masks depend on the step only: resumable
+            batch = collate([pieces[i].feature for i in epoch_batches[epoch][b]], rng, tokenizer, cfg.mask_prob)
+            model.train()
+            loss = mlm_loss(model, batch)
+            if not torch.isfinite(loss):
+                raise DistillError(f"MLM loss is {loss.item()} at step {step + 1}; try lower learning rates")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.clip)
+            optimizer.step()
+            scheduler.step()
+            state["step"] = step + 1
+            state["subtokens"] += int(batch["attention_mask"].sum())
+            log.write(json.dumps({"step": step + 1, "loss": round(loss.item(), 6)}) + "\n")
+            log.flush()
+            recent = (recent + [loss.item()])[-50:]
+            bar.update(task, advance=1, description=f"adapt loss {sum(recent) / len(recent):.4f}")
+            if state["step"] % cfg.checkpoint_every == 0 and state["step"] < total:
+                save_checkpoint(ckpt_path, model, optimizer, scheduler,
+                                dict(state, train_seconds=state["train_seconds"] + time.time() - t0))
+        state["train_seconds"] += time.time() - t0
+    set_embeddings_only(groups, False)
+    state["done"] = True
+    save_checkpoint(ckpt_path, model, optimizer, scheduler, state)
+
+    losses = [json.loads(line)["loss"] for line in log_path.read_text(encoding="utf-8").splitlines() if line]
+    summary = {
+        "source_backbone": source, "mlm_head": head, "text": source_info, "vocabulary": vocab,
+        "sequences": len(pieces), "steps": total, "epochs": round(total * cfg.batch_size / len(pieces), 3),
+        "config": asdict(cfg), "extend_vocab": extend_vocab, "min_count": min_count,
+        "loss": {"first": losses[0], "last": losses[-1], "first_50_mean": _mean(losses[:50]),
+                 "last_50_mean": _mean(losses[-50:])},
+        "train_seconds": round(state["train_seconds"], 1),
+        "steps_per_second": round(total / max(state["train_seconds"], 1e-9), 3),
+        "subtokens_per_second": round(state["subtokens"] / max(state["train_seconds"], 1e-9), 1),
+        "torch_threads": torch.get_num_threads(), "wall_seconds_this_call": round(time.time() - t_start, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    save_adapted(model, tokenizer, out, summary, log_path)
+    return summary
+
+
+def save_adapted(model, tokenizer, out: Path, summary: dict, log_path: Path | None = None) -> Path:
+    """Write the backbone folder atomically: base encoder, tokenizer, MLM head, adapt.json, log."""
+    from safetensors.torch import save_file
+
+    base = {id(p) for p in model.base_model.parameters()}
+    head = {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if id(p) not in base}
+    with atomic_dir(out) as tmp:
+        model.base_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_file(head, str(tmp / HEAD_FILE))
+        write_json(tmp / ADAPT_FILE, summary)
+        if log_path is not None and log_path.exists():
+            (tmp / LOG).write_bytes(log_path.read_bytes())
+    return out
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> None:
+    """Everything a resumed run needs to continue exactly, written atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "state": state,
+                    "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}}, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign: zip, pickle or unpickling errors
+        raise DistillError(f"{path}: corrupt checkpoint ({type(e).__name__}); delete it to start over") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise DistillError(f"{path}: not a checkpoint of distill teacher adapt; delete it to start over")
+    return ckpt
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint (written before a hard kill)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return round(sum(xs) / len(xs), 6) if xs else float("nan")
