@@ -18,7 +18,7 @@ import torch
 
 from distill.data import Corpus
 from distill.errors import DistillError
-from distill.features import iterate_batches, make_pieces
+from distill.features import bucket_batches, make_pieces
 from distill.fileio import atomic_dir, write_json
 
 FORMAT = "distill-emissions/1"
@@ -30,18 +30,38 @@ def fingerprint(corpus: Corpus, labels: Sequence[str]) -> str:
 
 
 @torch.inference_mode()
-def compute(model, sentences: Sequence[Sequence[str]], batch_size: int = 64, progress=None) -> list[np.ndarray]:
-    """Word-level emissions (n_words, K) float32 per sentence (long sentences in pieces, joined)."""
+def compute(model, sentences: Sequence[Sequence[str]], batch_size: int = 64, progress=None,
+            rank: int = 0, world: int = 1) -> list[np.ndarray] | None:
+    """Word-level emissions (n_words, K) float32 per sentence (long sentences in pieces, joined).
+
+    With ``world`` processes, process ``rank`` runs every ``world``-th batch (the same
+    batches as one process would, so the numbers are the same) and the main process
+    (rank 0) gets every sentence; the others get None.
+    """
     K = len(model.labels)
-    out = [np.zeros((len(s), K), dtype=np.float32) for s in sentences]
     pieces = make_pieces(model, sentences)
-    for idx, batch in iterate_batches(model, pieces, batch_size):
-        emissions = model(batch).emissions.float().cpu().numpy()
+    device = next(model.parameters(), torch.empty(0)).device
+    rows: dict[int, np.ndarray] = {}
+    for n, idx in enumerate(bucket_batches([p.n_words for p in pieces], batch_size)):
+        if n % world != rank:
+            continue
+        batch = model.collate([pieces[i].feature for i in idx])
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        emissions = model(batch).emissions.float().cpu().numpy()  # shape: (B, W, K)
         for row, i in enumerate(idx):
-            p = pieces[i]
-            out[p.sentence][p.start : p.end] = emissions[row, : p.n_words]
+            rows[i] = emissions[row, : pieces[i].n_words]
         if progress is not None:
             progress(len(idx))
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        shares = gather_object([rows])
+        if rank != 0:
+            return None
+        rows = {i: e for share in shares for i, e in share.items()}
+    out = [np.zeros((len(s), K), dtype=np.float32) for s in sentences]
+    for i, p in enumerate(pieces):
+        out[p.sentence][p.start : p.end] = rows[i]
     return out
 
 
@@ -116,22 +136,33 @@ def default_folder(model: str | Path) -> Path:
 
 def emit(*, model: str | Path, dataset: dict, out: str | Path | None = None, batch_size: int = 64,
          quiet: bool = False) -> Path:
-    """Run the teacher over the training split of ``dataset`` and write its emissions."""
+    """Run the teacher over the training split of ``dataset`` and write its emissions.
+
+    Under ``accelerate launch`` every process runs a share of the batches and the main
+    process writes the folder (the same file as one process writes).
+    """
     from distill.data import load_dataset
     from distill.modeling import load_model
     from distill.progress import progress_bar
+    from distill.train import process_state
 
+    state = process_state()
     teacher = load_model(model)
     if not hasattr(teacher, "crf"):
         raise DistillError(f"{model}: emissions need a PyTorch teacher (kind {getattr(teacher, 'kind', '?')!r})")
+    teacher.to(state.device)
     ds = load_dataset(**dataset)
     corpus = ds.train
-    with progress_bar(disable=quiet) as bar:
+    folder = Path(out or default_folder(model))
+    with progress_bar(disable=quiet or not state.is_main_process) as bar:
         task = bar.add_task("emitting", total=len(corpus))
-        per_sentence = compute(teacher, corpus.tokens, batch_size, progress=None)
+        per_sentence = compute(teacher, corpus.tokens, batch_size, rank=state.process_index, world=state.num_processes)
         bar.update(task, completed=len(corpus))
-    crf = teacher.crf
-    transitions = None if crf is None else {
-        "start": crf.start_transitions.tolist(), "end": crf.end_transitions.tolist(), "transitions": crf.transitions.tolist()}
-    return write(out or default_folder(model), per_sentence, teacher.labels, corpus, transitions,
-                 {"teacher": str(model)})
+    if state.is_main_process:
+        crf = teacher.crf
+        transitions = None if crf is None else {
+            "start": crf.start_transitions.tolist(), "end": crf.end_transitions.tolist(),
+            "transitions": crf.transitions.tolist()}
+        write(folder, per_sentence, teacher.labels, corpus, transitions, {"teacher": str(model)})
+    state.wait_for_everyone()
+    return folder

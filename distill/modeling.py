@@ -57,6 +57,8 @@ class Tagger(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+    # files a saved folder must hold; checked before loading, so a partial copy is refused by name
+    files: ClassVar[tuple[str, ...]] = ("model.safetensors",)
     # sub-token budget for one piece of a sentence (long sentences are split to fit)
     max_length: int = 128
 
@@ -98,7 +100,8 @@ class Tagger(nn.Module):
 
     @torch.inference_mode()
     def decode_batch(self, batch: dict[str, Tensor]) -> list[list[int]]:
-        out = self(batch)
+        device = next(self.parameters(), torch.empty(0)).device  # a model trained on a GPU stays there
+        out = self({k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()})
         tags = self.decode(out)
         lengths = out.mask.sum(1).tolist()
         return [row[:n] for row, n in zip(tags.tolist(), lengths)]
@@ -145,10 +148,15 @@ class Tagger(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_model as st_load
 
-        model = cls.build(info["config"], info["labels"], info.get("meta", {}), folder)
+        for name in cls.files:
+            if not (folder / name).is_file():
+                raise DistillError(f"{folder / name}: missing; the model folder is incomplete")
+        try:
+            model = cls.build(info["config"], info["labels"], info.get("meta", {}), folder)
+        except (OSError, ValueError, KeyError) as e:  # a corrupt config or tokenizer file
+            first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise DistillError(f"{folder}: cannot rebuild the model ({first}); the folder is incomplete or corrupt") from None
         weights = folder / "model.safetensors"
-        if not weights.exists():
-            raise DistillError(f"{weights}: missing; the model folder is incomplete")
         try:
             st_load(model, str(weights))
         except (SafetensorError, OSError, RuntimeError) as e:

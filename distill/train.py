@@ -4,36 +4,54 @@ Length-bucketed batches, separate learning rates per parameter group, linear war
 and decay, gradient clipping, early stopping on dev F1, a JSONL log, progress bars,
 and resumable checkpoints written atomically. The loss is pluggable (distillation
 passes its own), so the loop never branches on architecture.
+
+The loop runs under Hugging Face Accelerate: ``accelerate launch -m distill ...``
+trains with data parallelism on several GPUs, nodes, or CPU processes (gloo). Every
+process builds the same global batches; process ``r`` of ``P`` takes items
+``r, r + P, ...`` of each, so the global batch stays ``batch_size`` and the
+optimizer steps are the same as on one process. Only the main process evaluates,
+logs and writes files. On one process nothing changes: no collective calls, same
+numbers.
+
+A checkpoint (model, optimizer, scheduler, every process's RNG states, the loop's
+position) is written at the end of every epoch, every ``checkpoint_every`` steps and
+every ``checkpoint_minutes``, and on Ctrl-C/SIGTERM; ``resume=True`` continues from
+it bit-identically on CPU (same batch order, dropout masks and data).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from distill.data import Corpus
 from distill.errors import DistillError
 from distill.evaluate import evaluate
 from distill.features import Piece, bucket_batches, make_pieces, padding_waste
-from distill.fileio import atomic_path
+from distill.fileio import atomic_path, write_json
 from distill.progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINT_FORMAT = "distill-checkpoint/1"
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 3
-    batch_size: int = 32
+    batch_size: int = 32  # global: split across processes under `accelerate launch`
     lr: float = 1e-4  # encoder
     embedding_lr: float | None = None  # defaults to lr
     head_lr: float = 1e-3
@@ -43,18 +61,26 @@ class TrainConfig:
     clip: float = 1.0
     patience: int = 2  # epochs without dev improvement before stopping
     seed: int = 13
-    checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often
+    checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0: off)
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: off)
     max_steps: int | None = None  # stop after this many steps (quick runs, tests)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "head_lr", "crf_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.embedding_lr is not None and not self.embedding_lr > 0:
+            raise ValueError(f"embedding_lr must be > 0, got {self.embedding_lr}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
+        for name in ("clip", "weight_decay", "checkpoint_minutes", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or None), got {self.max_steps}")
 
 
 LossFn = Callable[[Any, Any, dict], "tuple[torch.Tensor, dict[str, float]]"]
@@ -86,49 +112,182 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+# ---------------------------------------------------------------------------
+# Processes (Accelerate)
+
+
+def accelerator(**kwargs):
+    """The Accelerator for this process; refuses a multi-process launch it cannot join.
+
+    ``accelerate launch --multi_gpu`` on a machine without GPUs starts N processes that
+    each see one process: they would train N copies into the same folder.
+    """
+    from accelerate import Accelerator
+
+    acc = Accelerator(**kwargs)
+    _check_world(acc.num_processes)
+    return acc
+
+
+def process_state():
+    """Accelerate's process facts (rank, world size, device) without an Accelerator."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    _check_world(state.num_processes)
+    return state
+
+
+def _check_world(num_processes: int) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and num_processes != world:
+        raise DistillError(
+            f"launched as {world} processes but Accelerate joined {num_processes}: no GPU for them; "
+            f"for CPU processes set ACCELERATE_USE_CPU=1 before `accelerate launch`")
+
+
+def _agree(acc, *values: float) -> list[float]:
+    """Sum a few numbers over all processes (one all-reduce); on one process, return them."""
+    if acc.num_processes == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=acc.device)
+    return acc.reduce(t, reduction="sum").tolist()
+
+
+def _broadcast(acc, obj):
+    """The main process's ``obj`` on every process."""
+    if acc.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj])[0]
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------
+# Signals and checkpoints
+
+
 class _StopFlag:
-    """Turns the first Ctrl-C into a request to stop at the next batch."""
+    """Turns the first Ctrl-C (or SIGTERM, as a job scheduler sends) into a request to
+    stop at the next batch; a second Ctrl-C stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.stop = False
-        self._old = None
+        self.stop: str | None = None
+        self._old: dict = {}
 
     def __enter__(self):
         def handler(signum, frame):
-            if self.stop:  # a second Ctrl-C stops at once
+            if self.stop:
                 raise KeyboardInterrupt
-            self.stop = True
-        try:
-            self._old = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not in the main thread
-            self._old = None
+            self.stop = signal.Signals(signum).name
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not in the main thread
+                pass
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+    """This process's random generators, as plain types (loadable with weights_only)."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": _rng_state(), "state": state}, tmp)
+def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, acc=None, extra: dict | None = None) -> None:
+    """Write the checkpoint atomically from the main process (every process must call
+    this: their RNG states are gathered into it)."""
+    rngs = [_rng_state()]
+    if acc is not None and acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rngs = gather_object(rngs)
+    if acc is None or acc.is_main_process:
+        with atomic_path(path) as tmp:
+            torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "rng": rngs, "state": _plain(state), **(extra or {})}, tmp)
+    if acc is not None:
+        acc.wait_for_everyone()
 
 
 def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint; a truncated, foreign or unreadable file is refused in one line."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: zip, pickle or unpickling errors
         raise DistillError(f"{path}: corrupt checkpoint ({type(e).__name__}); delete it to start over") from None
+    missing = [k for k in ("model", "optimizer", "scheduler", "rng", "state") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise DistillError(f"{path}: not a distill checkpoint (missing {', '.join(missing)}); delete it to start over")
+    return ckpt
+
+
+def _plain(obj):
+    """JSON-clean copy: numpy scalars (seqeval returns them) become Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _remove_stale(work: Path, out_dir: Path) -> None:
+    """Temporary files left by a killed run (atomic writes never renamed)."""
+    for p in list(work.glob(".*.tmp")) + list(out_dir.parent.glob(f".{out_dir.name}.*.tmp")):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _resume_state(ckpt_path: Path, acc, cfg: TrainConfig, data_fingerprint: str, labels: list[str]) -> dict:
+    """The checkpoint on every process (read by the main one), checked against this run."""
+    ckpt = None
+    if acc.is_main_process:
+        if not ckpt_path.exists():
+            ckpt = DistillError(f"{ckpt_path}: no checkpoint to resume from; run without --resume to start")
+        else:
+            try:
+                ckpt = load_checkpoint(ckpt_path)
+            except DistillError as e:
+                ckpt = e
+    ckpt = _broadcast(acc, ckpt)
+    if isinstance(ckpt, DistillError):
+        raise ckpt
+    saved = ckpt.get("config", {})
+    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in ("batch_size", "seed") if k in saved and saved[k] != getattr(cfg, k)]
+    if changed:
+        raise DistillError(f"{ckpt_path}: made with other settings ({'; '.join(changed)}); resume with the same ones")
+    if ckpt.get("labels", labels) != labels or ckpt.get("data", data_fingerprint) != data_fingerprint:
+        raise DistillError(f"{ckpt_path}: made for other training data or labels; start over without --resume")
+    return ckpt
+
+
+# ---------------------------------------------------------------------------
+# The loop
 
 
 def train(
@@ -146,14 +305,20 @@ def train(
 ) -> dict[str, Any]:
     """Train ``model`` and save the best epoch (by dev F1) as a model folder at ``out_dir``.
 
-    ``loss_fn(model, output, batch) -> (loss, parts)`` gives the training loss;
-    ``extra_features(pieces)`` may add per-piece fields (e.g. teacher emissions)
-    that the model's ``collate`` passes through. Returns a summary dict.
+    ``loss_fn(model, output, batch) -> (loss, parts)`` gives the training loss, a mean
+    over the batch's real words (``output.mask``): under several processes each
+    computes it on its share of the batch, weighted by that share's words, so the
+    averaged gradients are those of the whole batch. It gets the plain (unwrapped)
+    model and must not run the model's forward again. ``extra_features(pieces)`` may
+    add per-piece fields (e.g. teacher emissions) that the model's ``collate`` passes
+    through. Checkpoints and the log live in ``out_dir.work/``. Returns a JSON-clean
+    summary (also written to ``out_dir.work/summary.json``).
     """
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".work")  # checkpoints and logs while training
-    work.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = work / CHECKPOINT, work / LOG
+    acc = accelerator()
+    main, P, rank = acc.is_main_process, acc.num_processes, acc.process_index
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -161,6 +326,8 @@ def train(
     t0 = time.time()
     tag_ids = [[label_index[t] for t in tags] for tags in train_corpus.tags]
     pieces = make_pieces(model, train_corpus.tokens, tag_ids)
+    if not pieces:
+        raise DistillError(f"training data {train_corpus.name!r} has no non-empty sentence")
     if extra_features is not None:
         extra_features(pieces)
     featurize_s = time.time() - t0
@@ -169,109 +336,154 @@ def train(
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
+    identity = {"config": asdict(cfg), "data": train_corpus.fingerprint(), "labels": list(model.labels),
+                "processes": P}
 
     optimizer = make_optimizer(model, cfg)
     scheduler = linear_schedule(optimizer, int(cfg.warmup * total_steps), total_steps)
+    ddp_model, optimizer = acc.prepare(model, optimizer)  # the scheduler steps once per global step: not prepared
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": -1,
-             "bad_epochs": 0, "train_seconds": 0.0, "tokens_seen": 0}
+             "bad_epochs": 0, "train_seconds": 0.0, "tokens_seen": 0, "epoch_sums": {}}
+    if main:
+        work.mkdir(parents=True, exist_ok=True)
+        _remove_stale(work, out_dir)
     if resume:
-        if not ckpt_path.exists():
-            raise DistillError(f"{ckpt_path}: no checkpoint to resume from")
-        ckpt = load_checkpoint(ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        ckpt = _resume_state(ckpt_path, acc, cfg, identity["data"], identity["labels"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise DistillError(f"{ckpt_path}: does not fit this model ({str(e).splitlines()[0][:120]}); "
+                               f"start over without --resume") from None
         scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
-        state = ckpt["state"]
+        _set_rng_state(ckpt["rng"][min(rank, len(ckpt["rng"]) - 1)])
+        state = dict(state, **ckpt["state"])
         if state.get("done"):
-            return state
-    elif log_path.exists():
+            return _finish(state, out_dir, work, main)
+        if main and log_path.exists():  # drop records of epochs the checkpoint does not cover
+            lines = log_path.read_text(encoding="utf-8").splitlines()
+            kept = [l for l in lines if _epoch_of(l) is not None and _epoch_of(l) <= state["epoch"]]
+            with atomic_path(log_path) as tmp:
+                tmp.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
+    elif main and log_path.exists():
         log_path.unlink()
 
-    def log(record: dict) -> None:
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, model, optimizer, scheduler, state, acc, identity)
 
-    summary = dict(state)
     last_ckpt = time.time()
-    with _StopFlag() as flag, progress_bar(disable=quiet) as bar:
+    with _StopFlag() as flag, progress_bar(disable=quiet or not main) as bar:
         while state["epoch"] < cfg.epochs and not (cfg.max_steps and state["global_step"] >= cfg.max_steps):
             epoch = state["epoch"]
             batches = bucket_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches), completed=state["step_in_epoch"])
             model.train()
-            losses: list[float] = []
+            sums = state["epoch_sums"]
             epoch_t0 = time.time()
             for b in range(state["step_in_epoch"], len(batches)):
-                if flag.stop:
+                due = main and bool(cfg.checkpoint_minutes) and time.time() - last_ckpt > cfg.checkpoint_minutes * 60
+                stop, due = _agree(acc, float(bool(flag.stop)), float(due))
+                if stop:
                     state["train_seconds"] += time.time() - epoch_t0
-                    save_checkpoint(ckpt_path, model, optimizer, scheduler, state)
+                    checkpoint()
                     raise DistillError(
-                        f"interrupted at epoch {epoch + 1}, step {b}; checkpoint saved to {ckpt_path}; "
-                        f"run the same command with --resume to continue")
-                batch_pieces = [pieces[i] for i in batches[b]]
-                batch = model.collate([p.feature for p in batch_pieces])
-                out = model(batch)
+                        f"interrupted ({flag.stop or 'by another process'}) at epoch {epoch + 1}, step {b}; "
+                        f"checkpoint saved to {ckpt_path}; run the same command with --resume to continue")
+                if due:
+                    checkpoint()
+                    last_ckpt = time.time()
+                everyone = batches[b]
+                mine = everyone[rank::P]
+                n_words = sum(lengths[i] for i in everyone)
+                batch = _to_device(model.collate([pieces[i].feature for i in (mine or everyone[:1])]), acc.device)
+                out = ddp_model(batch)
                 loss, parts = loss_fn(model, out, batch)
-                if not torch.isfinite(loss):
+                if P > 1:  # this share's words over the batch's; DDP averages over P
+                    loss = loss * (P * sum(lengths[i] for i in mine) / n_words)
+                total_loss, = _agree(acc, loss.item())
+                if not math.isfinite(total_loss):
                     raise DistillError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step {b + 1} (global step {state['global_step'] + 1}); "
+                        f"loss is {total_loss} at epoch {epoch + 1}, step {b + 1} (global step {state['global_step'] + 1}); "
                         f"stopping. Try a lower learning rate or check the input data")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                acc.backward(loss)
                 if cfg.clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                    acc.clip_grad_norm_(model.parameters(), cfg.clip)
                 optimizer.step()
                 scheduler.step()
-                losses.append(loss.item())
+                for k, v in {"loss": total_loss / P, **parts, "n": 1}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
                 state["global_step"] += 1
                 state["step_in_epoch"] = b + 1
-                state["tokens_seen"] += int(out.mask.sum())
-                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
-                if cfg.checkpoint_minutes and time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
-                    save_checkpoint(ckpt_path, model, optimizer, scheduler, state)
+                state["tokens_seen"] += n_words
+                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / sums['n']:.4f}")
+                if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
+                    checkpoint()
                     last_ckpt = time.time()
                 if cfg.max_steps and state["global_step"] >= cfg.max_steps:
                     break
             bar.remove_task(task)
             state["train_seconds"] += time.time() - epoch_t0
             model.eval()
-            dev = evaluate(model, dev_corpus)
-            record = {"epoch": epoch + 1, "step": state["global_step"], "loss": sum(losses) / max(1, len(losses)),
+            dev = _plain(evaluate(model, dev_corpus)) if main else None
+            dev = _broadcast(acc, dev)
+            n = max(1.0, sums.get("n", 0.0))
+            record = {"epoch": epoch + 1, "step": state["global_step"], "loss": sums.get("loss", 0.0) / n,
+                      **{k: v / n for k, v in sums.items() if k not in ("loss", "n")},
                       "dev_f1": dev["f1"], "dev_precision": dev["precision"], "dev_recall": dev["recall"],
                       "seconds": round(time.time() - epoch_t0, 1)}
-            log(record)
-            if not quiet:
-                bar.console.print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  dev F1 {dev['f1']:.4f}")
-            state["epoch"] += 1
-            state["step_in_epoch"] = 0
+            if main:
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                if not quiet:
+                    bar.console.print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  dev F1 {dev['f1']:.4f}")
+            state.update(epoch=epoch + 1, step_in_epoch=0, epoch_sums={})
             if dev["f1"] > state["best_f1"]:
                 state.update(best_f1=dev["f1"], best_epoch=epoch + 1, bad_epochs=0)
-                model.save(out_dir, _final_meta(extra_meta, cfg, state, train_corpus, featurize_s, lengths))
-                (out_dir / LOG).write_bytes(log_path.read_bytes())
+                if main:
+                    model.save(out_dir, _final_meta(extra_meta, cfg, state, train_corpus, featurize_s, lengths, P))
+                    _copy_log(log_path, out_dir)
             else:
                 state["bad_epochs"] += 1
-            save_checkpoint(ckpt_path, model, optimizer, scheduler, state)
+            checkpoint()
             last_ckpt = time.time()
             if state["bad_epochs"] >= cfg.patience:
                 break
     state["done"] = True
-    save_checkpoint(ckpt_path, model, optimizer, scheduler, state)
-    # the best model folder carries the full log
-    if (out_dir / "distill.json").exists():
-        with atomic_path(out_dir / LOG) as tmp:
-            tmp.write_bytes(log_path.read_bytes())
-    summary.update(state)
+    checkpoint()
+    if main and (out_dir / "distill.json").exists():  # the best model folder carries the full log
+        _copy_log(log_path, out_dir)
+    return _finish(state, out_dir, work, main)
+
+
+def _epoch_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a killed run
+
+
+def _copy_log(log_path: Path, out_dir: Path) -> None:
+    with atomic_path(out_dir / LOG) as tmp:
+        tmp.write_bytes(log_path.read_bytes())
+
+
+def _finish(state: dict, out_dir: Path, work: Path, main: bool) -> dict[str, Any]:
+    summary = _plain({k: v for k, v in state.items() if k != "epoch_sums"})
+    summary.update(model=str(out_dir), checkpoint=str(work / CHECKPOINT))
+    if main:
+        write_json(work / SUMMARY, summary)
     return summary
 
 
-def _final_meta(extra_meta, cfg, state, corpus, featurize_s, lengths) -> dict:
+def _final_meta(extra_meta, cfg, state, corpus, featurize_s, lengths, processes) -> dict:
     batches = bucket_batches(lengths, cfg.batch_size, seed=cfg.seed)
     meta = dict(extra_meta or {})
-    meta["training"] = {
+    meta["training"] = _plain({
         "config": asdict(cfg), "best_epoch": state["best_epoch"], "best_dev_f1": state["best_f1"],
         "train_sentences": len(corpus), "train_seconds": round(state["train_seconds"], 1),
         "tokens_per_second": round(state["tokens_seen"] / max(state["train_seconds"], 1e-9), 1),
         "featurize_seconds": round(featurize_s, 2), "padding_waste": round(padding_waste(lengths, batches), 4),
-    }
+        "processes": processes,
+    })
     return meta

@@ -52,6 +52,7 @@ def load_tokenizer(source: str):
 
 class BertTagger(Tagger):
     kind = "bert-crf"
+    files = ("model.safetensors", "config.json", "tokenizer.json")
 
     def __init__(self, encoder, tokenizer, labels: Sequence[str], head: str = "crf", dropout: float = 0.1,
                  lstm_hidden: int = 256, max_length: int = 128, meta: dict | None = None):
