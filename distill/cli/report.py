@@ -1,1 +1,68 @@
-"""distill report commands (see the report module)."""
+"""``distill report RUN_DIR`` (benchmark every model of a run) and ``distill run RUN_DIR`` (the whole pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from distill.cli import app
+from distill.cli.common import DEV, FORMAT, MAX_DEV, MAX_TEST, MAX_TRAIN, TEST, TRAIN, quiet_libraries
+from distill.errors import DistillError
+
+THREADS = typer.Option(None, "--threads", help="Threads for every model (torch and ONNX Runtime); default: the CPU's cores.")
+
+
+def _dataset(dataset: Optional[str], train, dev, test, fmt: str, **caps) -> Optional[dict]:
+    """Dataset kwargs when any data option was given, else None (the command's own default)."""
+    given = {k: v for k, v in caps.items() if v is not None}
+    if dataset is None and train is None and dev is None and test is None and fmt == "auto" and not given:
+        return None
+    return dict(name=dataset or "msra", train=train, dev=dev, test=test, fmt=fmt, **given)
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder holding model folders (searched recursively)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default RUN_DIR/report)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset; default: the run's profile.json data, else msra."),
+    train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST, fmt: str = FORMAT,
+    max_test: Optional[int] = MAX_TEST,
+    threads: Optional[int] = THREADS,
+    latency_sentences: int = typer.Option(500, "--latency-sentences", help="Test sentences timed one by one at batch size 1."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Batch size of the throughput measurement."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed warm-up sentences per model."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="Also measure on CUDA (default: when available)."),
+):
+    """Benchmark every model under RUN_DIR on one test set: report.md, report.json, report.csv, plots."""
+    quiet_libraries()
+    from distill.report import make_report
+
+    report = make_report(run_dir=run_dir, out=out, dataset=_dataset(dataset, train, dev, test, fmt), max_test=max_test,
+                         threads=threads, latency_sentences=latency_sentences, batch_size=batch_size, warmup=warmup,
+                         gpu=gpu)
+    where = out or run_dir / "report"
+    print(f"{len(report['models'])} models measured"
+          + (f", {len(report['failed'])} not measured" if report["failed"] else "") + f"; report written to {where / 'report.md'}")
+
+
+@app.command("run")
+def run_cmd(
+    run_dir: Path = typer.Argument(..., help="Run folder: every model and the report go here."),
+    profile: str = typer.Option("quick", "--profile", help="quick (about 20 min on a 2-core CPU) | full (all data)."),
+    backbone: Optional[str] = typer.Option(None, help="Teacher encoder: local folder or hub id; default: bundled all-MiniLM-L6-v2."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset name (default msra)."),
+    train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST, fmt: str = FORMAT,
+    max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV, max_test: Optional[int] = MAX_TEST,
+    threads: Optional[int] = THREADS,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+):
+    """The whole pipeline: teacher -> emissions -> students -> int8/ONNX/pruning -> report. Reruns skip finished steps."""
+    quiet_libraries()
+    from distill.pipeline import run_pipeline
+
+    run_pipeline(run_dir=run_dir, profile=profile, backbone=backbone, threads=threads, quiet=quiet,
+                 dataset=_dataset(dataset, train, dev, test, fmt, max_train=max_train, max_dev=max_dev, max_test=max_test))
+    if not Path(run_dir, "report", "report.json").exists():
+        raise DistillError(f"{run_dir}: the pipeline finished without a report")

@@ -1,0 +1,408 @@
+"""``distill run RUN_DIR``: the whole pipeline in one command, resumable step by step.
+
+teacher -> emissions -> students (BiLSTM-CRF and 3-layer BERT, each distilled with
+alpha/T and trained on gold tags alone) -> int8 / ONNX int8 (fp16 and bitsandbytes
+8-bit on a GPU) -> magnitude pruning -> the comparison report. Layout::
+
+    RUN_DIR/profile.json            the settings of the profile that ran
+    RUN_DIR/teacher                 (+ teacher/emissions-train)
+    RUN_DIR/bilstm-crf, bilstm-crf-kd, bert-small, bert-small-kd
+    RUN_DIR/<model>-int8, <model>-onnx-int8, teacher-prune50
+    RUN_DIR/report
+    RUN_DIR/.steps/<step>.json      what each step ran with, and whether it finished
+
+A step is skipped when its ``.steps`` record says it finished with the same params
+and its output is still the one it wrote (same ``saved`` stamp). Params of later steps
+include the ``saved`` stamp of the model they start from, so retraining the teacher
+reruns everything after it. A teacher trained by hand (``distill teacher train --out
+RUN_DIR/teacher``) with the profile's settings is reused. An interrupted training step
+resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from distill.errors import DistillError
+from distill.fileio import write_json
+from distill.train import TrainConfig
+
+QUANTIZE_METHODS = ("int8", "onnx", "onnx-int8", "bnb8", "fp16")
+GPU_METHODS = ("bnb8", "fp16")
+PRUNE_METHODS = ("magnitude", "heads")
+STUDENTS = ("bilstm-crf", "bilstm-crf-kd", "bert-small", "bert-small-kd")
+
+
+def _student_config(arch: str, **overrides) -> TrainConfig:
+    from students.train import default_train_config
+
+    return default_train_config(arch, **overrides)
+
+
+@dataclass
+class Profile:
+    """How much of everything the pipeline does. ``max_*`` cap the data (None: all of it)."""
+
+    name: str
+    max_train: int | None = None
+    max_dev: int | None = None
+    max_test: int | None = None
+    teacher: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, embedding_lr=2e-3))
+    bilstm: TrainConfig = field(default_factory=lambda: _student_config("bilstm-crf"))
+    bert_small: TrainConfig = field(default_factory=lambda: _student_config("bert-small"))
+    student_layers: int = 3
+    alpha: float = 0.5
+    temperature: float = 4.0
+    quantize: tuple[str, ...] = ("teacher", "bilstm-crf-kd", "bert-small-kd")  # models to quantize
+    quantize_methods: tuple[str, ...] = ("int8", "onnx-int8")
+    gpu_methods: tuple[str, ...] = ("fp16", "bnb8")  # added when CUDA is available
+    prune: tuple[tuple[str, float], ...] = (("magnitude", 0.5),)  # (method, sparsity) of the teacher
+    latency_sentences: int = 500
+
+    def __post_init__(self):
+        for name in ("max_train", "max_dev", "max_test"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {v}")
+        if not 0 <= self.alpha < 1:
+            raise ValueError(f"alpha of the distilled students must be in [0, 1), got {self.alpha}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.student_layers < 1:
+            raise ValueError(f"student_layers must be >= 1, got {self.student_layers}")
+        if self.latency_sentences < 1:
+            raise ValueError(f"latency_sentences must be >= 1, got {self.latency_sentences}")
+        for src in self.quantize:
+            if src not in ("teacher",) + STUDENTS:
+                raise ValueError(f"cannot quantize {src!r}; expected teacher or one of {', '.join(STUDENTS)}")
+        for m in tuple(self.quantize_methods) + tuple(self.gpu_methods):
+            if m not in QUANTIZE_METHODS:
+                raise ValueError(f"unknown quantization method {m!r}; expected one of {', '.join(QUANTIZE_METHODS)}")
+        for method, sparsity in self.prune:
+            if method not in PRUNE_METHODS:
+                raise ValueError(f"unknown pruning method {method!r}; expected one of {', '.join(PRUNE_METHODS)}")
+            if not 0 < sparsity < 1:
+                raise ValueError(f"pruning sparsity must be in (0, 1), got {sparsity}")
+
+
+def quick_profile() -> Profile:
+    """About 15-20 minutes end to end on a 2-core CPU (see the README for the measured time)."""
+    return Profile(name="quick", max_train=3000, max_dev=300, max_test=1000,
+                   teacher=TrainConfig(epochs=2, embedding_lr=2e-3),
+                   bilstm=_student_config("bilstm-crf", epochs=8),
+                   bert_small=_student_config("bert-small", epochs=2),
+                   latency_sentences=300)
+
+
+def full_profile() -> Profile:
+    """The whole MSRA training set and test set: for a GPU or a long CPU run. Its teacher
+    settings are exactly `distill teacher train --epochs 2`, so such a teacher is reused."""
+    return Profile(name="full", teacher=TrainConfig(epochs=2, embedding_lr=2e-3),
+                   bilstm=_student_config("bilstm-crf", epochs=12),
+                   bert_small=_student_config("bert-small", epochs=2),
+                   quantize=("teacher",) + STUDENTS, prune=(("magnitude", 0.5), ("heads", 0.5)),
+                   latency_sentences=500)
+
+
+PROFILES: dict[str, Callable[[], Profile]] = {"quick": quick_profile, "full": full_profile}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise DistillError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
+    return PROFILES[name]()
+
+
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+BOOKKEEPING = ("checkpoint_minutes", "checkpoint_every")  # TrainConfig fields that do not change the model
+
+
+def _config_key(cfg: TrainConfig) -> dict[str, Any]:
+    """A training config as step params: every field that can change the trained model."""
+    return {k: v for k, v in asdict(cfg).items() if k not in BOOKKEEPING}
+
+
+def _plain(obj: Any) -> Any:
+    """What ``obj`` looks like after a JSON round trip (so params compare equal to recorded ones)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def teacher_params(*, backbone: str | None, dataset: dict, cfg: TrainConfig) -> dict[str, Any]:
+    """The params :func:`teachers.train.train_teacher` records in meta for the pipeline's teacher."""
+    return _plain({"backbone": backbone, "head": "crf", "extend_vocab": True, "random_init": False,
+                   "num_layers": None, "freeze_layers": 0, "dropout": 0.1, "max_length": 128,
+                   "dataset": dataset, "train_config": asdict(cfg)})
+
+
+@dataclass
+class Step:
+    name: str  # the record's name in RUN_DIR/.steps, and the output folder's name for models
+    title: str
+    output: Path
+    marker: str  # the file in ``output`` that exists once the step's output is complete
+    params: Callable[[], dict]  # computed when the step is reached (it may need upstream outputs)
+    run: Callable[[bool], Any]  # run(resume)
+    trains: bool = False  # a training step: resumable from OUT.work/checkpoint.pt
+    required: bool = True  # a failure stops the pipeline (else it is reported and the rest goes on)
+
+
+def _saved(folder: Path) -> str | None:
+    """The ``saved`` stamp of a model folder (None when it is not one)."""
+    try:
+        return json.loads((folder / "distill.json").read_text(encoding="utf-8")).get("saved")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+class StepRecords:
+    """RUN_DIR/.steps/<name>.json: a step's params, status and the stamp of the output it made."""
+
+    def __init__(self, run_dir: Path):
+        self.folder = run_dir / ".steps"
+
+    def read(self, name: str) -> dict[str, Any]:
+        try:
+            return json.loads((self.folder / f"{name}.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def write(self, name: str, record: dict[str, Any]) -> None:
+        write_json(self.folder / f"{name}.json", record)
+
+    def is_done(self, step: Step, params: dict) -> bool:
+        rec = self.read(step.name)
+        if rec.get("status") != "done" or rec.get("params") != params or not (step.output / step.marker).exists():
+            return False
+        return step.marker != "distill.json" or rec.get("output_saved") == _saved(step.output)
+
+
+def _training_finished(out: Path) -> bool | None:
+    """Whether the training that wrote ``out`` finished: None when there is no checkpoint to tell."""
+    ckpt = out.with_name(out.name + ".work") / "checkpoint.pt"
+    if not ckpt.exists():
+        return None
+    import torch
+
+    try:
+        return bool(torch.load(ckpt, map_location="cpu", weights_only=False)["state"].get("done"))
+    except Exception:  # noqa: BLE001 — an unreadable checkpoint cannot be resumed either
+        return False
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def normalise_dataset(dataset: dict | None, profile: Profile) -> tuple[dict, dict]:
+    """The training data kwargs (no test cap, so the report's test size never retrains anything)
+    and the report's data kwargs, with the profile's caps unless ``dataset`` sets them."""
+    base = {"name": "msra", "train": None, "dev": None, "test": None, "fmt": "auto",
+            "max_train": profile.max_train, "max_dev": profile.max_dev, "max_test": profile.max_test}
+    base.update({k: (str(v) if isinstance(v, Path) else v) for k, v in (dataset or {}).items()})
+    return dict(base, max_test=None), base
+
+
+def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, backbone: str | None,
+         cuda: bool, threads: int | None, quiet: bool) -> list[Step]:
+    """The pipeline's steps, in order."""
+    teacher = run_dir / "teacher"
+    emissions = teacher / "emissions-train"
+    steps: list[Step] = []
+
+    def run_teacher(resume: bool):
+        from teachers.train import train_teacher
+
+        return train_teacher(out=teacher, dataset=train_ds, backbone=backbone, head="crf", extend_vocab=True,
+                             train_config=profile.teacher, resume=resume, quiet=quiet)
+
+    steps.append(Step("teacher", "teacher (BERT-CRF)", teacher, "distill.json",
+                      lambda: teacher_params(backbone=backbone, dataset=train_ds, cfg=profile.teacher),
+                      run_teacher, trains=True))
+
+    def run_emit(resume: bool):
+        from distill.emissions import emit
+
+        return emit(model=teacher, dataset=train_ds, out=emissions, batch_size=64, quiet=quiet)
+
+    steps.append(Step("emit", "teacher emissions on the training set", emissions, "meta.json",
+                      lambda: _plain({"teacher_saved": _saved(teacher), "dataset": train_ds, "batch_size": 64}),
+                      run_emit))
+
+    for name in STUDENTS:
+        arch = "bert-small" if name.startswith("bert-small") else "bilstm-crf"
+        alpha = profile.alpha if name.endswith("-kd") else 1.0
+        cfg = profile.bert_small if arch == "bert-small" else profile.bilstm
+        out = run_dir / name
+
+        def run_student(resume: bool, out=out, arch=arch, alpha=alpha, cfg=cfg):
+            from students.train import train_student
+
+            return train_student(out=out, teacher=teacher, arch=arch, dataset=train_ds, alpha=alpha,
+                                 temperature=profile.temperature, kd="emission", num_layers=profile.student_layers,
+                                 train_config=cfg, resume=resume, quiet=quiet)
+
+        def student_params(arch=arch, alpha=alpha, cfg=cfg):
+            return _plain({"arch": arch, "alpha": alpha, "temperature": profile.temperature, "kd": "emission",
+                           "num_layers": profile.student_layers if arch == "bert-small" else None,
+                           "dataset": train_ds, "train_config": _config_key(cfg), "teacher_saved": _saved(teacher)})
+
+        what = f"distilled, alpha {profile.alpha}, T {profile.temperature}" if alpha < 1 else "gold tags only"
+        steps.append(Step(name, f"student {name} ({what})", out, "distill.json", student_params, run_student,
+                          trains=True))
+
+    methods = list(profile.quantize_methods) + (list(profile.gpu_methods) if cuda else [])
+    for src in profile.quantize:
+        for method in methods:
+            source, out = run_dir / src, run_dir / f"{src}-{method}"
+
+            def run_quantize(resume: bool, source=source, out=out, method=method):
+                from quantize.api import quantize
+
+                return quantize(method=method, model=source, out=out)
+
+            steps.append(Step(out.name, f"quantize {src} ({method})", out, "distill.json",
+                              lambda source=source, method=method: _plain(
+                                  {"source": source.name, "source_saved": _saved(source), "method": method}),
+                              run_quantize, required=False))
+
+    for method, sparsity in profile.prune:
+        out = run_dir / f"teacher-{'prune' if method == 'magnitude' else 'heads'}{round(sparsity * 100)}"
+
+        def run_prune(resume: bool, out=out, method=method, sparsity=sparsity):
+            from quantize.prune import prune
+
+            return prune(model=teacher, out=out, method=method, sparsity=sparsity, finetune_epochs=0,
+                         dataset=train_ds, quiet=quiet)
+
+        steps.append(Step(out.name, f"prune the teacher ({method}, {sparsity:.0%})", out, "distill.json",
+                          lambda method=method, sparsity=sparsity: _plain(
+                              {"source": "teacher", "source_saved": _saved(teacher), "method": method,
+                               "sparsity": sparsity, "finetune_epochs": 0, "dataset": train_ds}),
+                          run_prune, required=False))
+
+    def report_params():
+        from distill.bench import default_threads
+        from distill.report import find_models
+
+        models = {e.name: _saved(e.folder) for e in find_models(run_dir, exclude=[run_dir / "report"])}
+        return _plain({"models": models, "dataset": report_ds, "threads": threads or default_threads(),
+                       "latency_sentences": profile.latency_sentences})
+
+    def run_report(resume: bool):
+        from distill.report import make_report
+
+        return make_report(run_dir=run_dir, dataset=report_ds, threads=threads,
+                           latency_sentences=profile.latency_sentences, quiet=quiet)
+
+    steps.append(Step("report", "comparison report", run_dir / "report", "report.json", report_params, run_report))
+    return steps
+
+
+def run_pipeline(*, run_dir: str | Path, profile: str | Profile = "quick", dataset: dict | None = None,
+                 backbone: str | None = None, threads: int | None = None, quiet: bool = False) -> list[dict[str, Any]]:
+    """Run every step not already done into ``run_dir``; returns one record per step.
+
+    ``profile``: a name in :data:`PROFILES` or a :class:`Profile`; ``dataset``: kwargs of
+    :func:`distill.data.load_dataset` overriding the profile's (default: built-in msra);
+    ``backbone``: the teacher's encoder (default: bundled MiniLM). Raises DistillError
+    when a step fails; a failed quantization or pruning step is reported after the
+    report has been written.
+    """
+    import torch
+    from rich.console import Console
+
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DistillError(f"{run_dir}: is a file, expected a run folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_ds, report_ds = normalise_dataset(dataset, prof)
+    cuda = torch.cuda.is_available()
+    steps = plan(run_dir=run_dir, profile=prof, train_ds=train_ds, report_ds=report_ds, backbone=backbone,
+                 cuda=cuda, threads=threads, quiet=quiet)
+    write_json(run_dir / "profile.json", {
+        "profile": asdict(prof), "dataset": train_ds, "report_dataset": report_ds, "backbone": backbone,
+        "cuda": cuda, "gpu_methods": list(prof.gpu_methods) if cuda else "skipped: no CUDA GPU",
+        "steps": [s.name for s in steps]})
+    console = Console(stderr=True, quiet=quiet)
+    records = StepRecords(run_dir)
+    summary, failed = [], []
+    for i, step in enumerate(steps, 1):
+        console.print(f"[bold cyan]step {i}/{len(steps)}[/]: {step.title}")
+        params = step.params()
+        if step.name == "teacher" and not records.is_done(step, params):
+            _adopt_teacher(step, params, records, console)
+        if records.is_done(step, params):
+            console.print("  skipped: already done with these settings")
+            summary.append({"step": step.name, "status": "skipped"})
+            continue
+        resume = step.trains and (records.read(step.name).get("params") == params or (
+            step.name == "teacher" and _teacher_params_match(step.output, params))) \
+            and _training_finished(step.output) is False
+        if resume:
+            console.print("  resuming from the checkpoint")
+        records.write(step.name, {"params": params, "status": "started", "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        t0 = time.time()
+        try:
+            step.run(resume)
+        except Exception as e:  # noqa: BLE001 — optional steps must not stop the report
+            if step.required or not isinstance(e, (DistillError, RuntimeError, ValueError, OSError, ImportError)) \
+                    or os.environ.get("DISTILL_DEBUG") == "1":
+                if isinstance(e, DistillError):
+                    raise DistillError(f"step {i}/{len(steps)} ({step.title}) failed: {e}") from None
+                raise
+            message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            records.write(step.name, {"params": params, "status": "failed", "error": message})
+            console.print(f"  [red]failed[/]: {message}")
+            failed.append(f"{step.name} ({message})")
+            summary.append({"step": step.name, "status": "failed", "error": message})
+            continue
+        seconds = time.time() - t0
+        if not (step.output / step.marker).exists():
+            raise DistillError(f"step {i}/{len(steps)} ({step.title}) finished but wrote no {step.output / step.marker}")
+        records.write(step.name, {"params": params, "status": "done", "seconds": round(seconds, 1),
+                                  "output_saved": _saved(step.output), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        console.print(f"  done in {_clock(seconds)}")
+        summary.append({"step": step.name, "status": "done", "seconds": round(seconds, 1)})
+    total = sum(s.get("seconds", 0) for s in summary)
+    console.print(f"[bold]finished[/]: {sum(s['status'] == 'done' for s in summary)} steps run in {_clock(total)}, "
+                  f"{sum(s['status'] == 'skipped' for s in summary)} skipped; report: {run_dir / 'report' / 'report.md'}")
+    if failed:
+        raise DistillError(f"{len(failed)} step(s) failed: {'; '.join(failed)}; the report covers the other models")
+    return summary
+
+
+def _teacher_params_match(folder: Path, params: dict) -> bool:
+    """Whether the teacher in ``folder`` was trained with ``params`` (what train_teacher records).
+
+    Training configs compare as configs: a field the recorded one lacks (added to
+    TrainConfig since) counts as its default, and checkpointing frequency is ignored.
+    """
+    try:
+        meta = json.loads((folder / "distill.json").read_text(encoding="utf-8")).get("meta", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+    recorded = meta.get("params") if isinstance(meta, dict) else None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("train_config"), dict):
+        return False
+    rec, want = dict(recorded), dict(params)
+    try:
+        rec_cfg = _config_key(TrainConfig(**{k: v for k, v in rec.pop("train_config").items() if k in TRAIN_FIELDS}))
+    except (TypeError, ValueError):
+        return False
+    want_cfg = want.pop("train_config")
+    return _plain(rec) == want and _plain(rec_cfg) == _plain({k: v for k, v in want_cfg.items() if k not in BOOKKEEPING})
+
+
+def _adopt_teacher(step: Step, params: dict, records: StepRecords, console) -> None:
+    """Take over a teacher trained by hand with the same settings (and finished) as this step's output."""
+    if _teacher_params_match(step.output, params) and _training_finished(step.output) is not False:
+        records.write(step.name, {"params": params, "status": "done", "adopted": True,
+                                  "output_saved": _saved(step.output)})
+        console.print(f"  using the teacher already trained in {step.output} (same settings)")

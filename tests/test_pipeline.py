@@ -1,0 +1,207 @@
+"""``distill run``: every step on tiny models, then skip-and-resume: a second run skips
+everything, a changed setting or a deleted output reruns exactly what depends on it,
+a hand-trained teacher with the same settings is reused, an interrupted training resumes."""
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from distill.cli import app
+from distill.errors import DistillError
+from distill.pipeline import PROFILES, Profile, StepRecords, _adopt_teacher, get_profile, plan, run_pipeline
+from distill.train import TrainConfig
+
+runner = CliRunner()
+
+
+def tiny_profile(**changes) -> Profile:
+    fast = dict(batch_size=8, checkpoint_minutes=0)
+    profile = Profile(
+        name="tiny", max_test=6,
+        teacher=TrainConfig(epochs=1, lr=1e-3, embedding_lr=1e-3, head_lr=1e-2, **fast),
+        bilstm=TrainConfig(epochs=1, lr=2e-3, weight_decay=0.0, warmup=0.0, clip=5.0, **fast),
+        bert_small=TrainConfig(epochs=1, lr=1e-3, **fast),
+        student_layers=1, quantize=("teacher", "bilstm-crf-kd"), quantize_methods=("int8", "onnx-int8"),
+        prune=(("magnitude", 0.5),), latency_sentences=3)
+    return dataclasses.replace(profile, **changes)
+
+
+def saved_stamps(run):
+    return {p.parent.name: json.loads(p.read_text(encoding="utf-8"))["saved"] for p in run.glob("*/distill.json")}
+
+
+def fake_report(*, run_dir, **kwargs):
+    """Stands in for the (slow, separately tested) report when only the steps are under test."""
+    from distill.fileio import write_json
+
+    write_json(run_dir / "report" / "report.json", {"models": sorted(p.parent.name for p in run_dir.glob("*/distill.json"))})
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory, tiny_backbone, tiny_dataset_kwargs):
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    kwargs = dict(run_dir=run, dataset=tiny_dataset_kwargs, backbone=str(tiny_backbone), threads=1, quiet=True)
+    summary = run_pipeline(profile=tiny_profile(), **kwargs)
+    return run, kwargs, summary
+
+
+def statuses(summary):
+    return {s["step"]: s["status"] for s in summary}
+
+
+def test_first_run_makes_every_model_and_the_report(tiny_pipeline):
+    run, _, summary = tiny_pipeline
+    expected = ["teacher", "emit", "bilstm-crf", "bilstm-crf-kd", "bert-small", "bert-small-kd", "teacher-int8",
+                "teacher-onnx-int8", "bilstm-crf-kd-int8", "bilstm-crf-kd-onnx-int8", "teacher-prune50", "report"]
+    if torch.cuda.is_available():
+        pytest.skip("the GPU adds fp16/bnb8 steps; the CPU layout is checked here")
+    assert [s["step"] for s in summary] == expected
+    assert set(statuses(summary).values()) == {"done"}
+    report = json.loads((run / "report" / "report.json").read_text(encoding="utf-8"))
+    names = sorted(r["name"] for r in report["models"])
+    assert names == sorted(set(expected) - {"emit", "report"})
+    assert report["teacher"] == "teacher" and not report["failed"]
+    assert report["dataset"]["test_sentences"] == 6  # the profile's max_test reached the report
+    profile = json.loads((run / "profile.json").read_text(encoding="utf-8"))
+    assert profile["profile"]["name"] == "tiny" and profile["profile"]["bilstm"]["epochs"] == 1
+    assert profile["dataset"]["max_test"] is None and profile["report_dataset"]["max_test"] == 6
+    students = {json.loads((run / n / "distill.json").read_text())["meta"]["params"]["alpha"] for n in
+                ("bilstm-crf", "bilstm-crf-kd")}
+    assert students == {1.0, 0.5}
+
+
+def test_second_run_skips_every_step(tiny_pipeline):
+    run, kwargs, _ = tiny_pipeline
+    before = saved_stamps(run)
+    report_before = (run / "report" / "report.json").stat().st_mtime_ns
+    summary = run_pipeline(profile=tiny_profile(), **kwargs)
+    assert set(statuses(summary).values()) == {"skipped"}
+    assert saved_stamps(run) == before
+    assert (run / "report" / "report.json").stat().st_mtime_ns == report_before
+
+
+def test_changed_setting_reruns_that_step_and_what_depends_on_it(tiny_pipeline, monkeypatch):
+    run, kwargs, _ = tiny_pipeline
+    monkeypatch.setattr("distill.report.make_report", fake_report)
+    before = saved_stamps(run)
+    changed = tiny_profile(bilstm=dataclasses.replace(tiny_profile().bilstm, lr=3e-3))
+    summary = statuses(run_pipeline(profile=changed, **kwargs))
+    rerun = {"bilstm-crf", "bilstm-crf-kd", "bilstm-crf-kd-int8", "bilstm-crf-kd-onnx-int8", "report"}
+    assert {k for k, v in summary.items() if v == "done"} == rerun
+    assert {k for k, v in summary.items() if v == "skipped"} == set(summary) - rerun
+    after = saved_stamps(run)
+    assert {k for k in before if before[k] != after[k]} == rerun - {"report"}
+    assert json.loads((run / "bilstm-crf" / "distill.json").read_text())["meta"]["params"]["train_config"]["lr"] == 3e-3
+
+
+def test_deleted_output_reruns(tiny_pipeline, monkeypatch):
+    run, kwargs, _ = tiny_pipeline
+    monkeypatch.setattr("distill.report.make_report", fake_report)
+    profile = tiny_profile(bilstm=dataclasses.replace(tiny_profile().bilstm, lr=3e-3))  # as the last run
+    run_pipeline(profile=profile, **kwargs)
+    shutil.rmtree(run / "bert-small")
+    summary = statuses(run_pipeline(profile=profile, **kwargs))
+    assert {k for k, v in summary.items() if v == "done"} == {"bert-small", "report"}
+    assert (run / "bert-small" / "distill.json").exists()
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tiny_pipeline, monkeypatch):
+    run, kwargs, _ = tiny_pipeline
+    monkeypatch.setattr("distill.report.make_report", fake_report)
+    profile = tiny_profile(bilstm=dataclasses.replace(tiny_profile().bilstm, lr=3e-3))
+    run_pipeline(profile=profile, **kwargs)
+    # pretend bert-small-kd was stopped after its last epoch, before it was recorded as done
+    ckpt_path = run / "bert-small-kd.work" / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt["state"]["done"] = False
+    torch.save(ckpt, ckpt_path)
+    records = StepRecords(run)
+    rec = records.read("bert-small-kd")
+    records.write("bert-small-kd", {"params": rec["params"], "status": "started"})
+    before = saved_stamps(run)["bert-small-kd"]
+    summary = statuses(run_pipeline(profile=profile, **kwargs))
+    assert summary["bert-small-kd"] == "done"
+    # resumed: the loop had no epoch left, so the model folder was kept, not retrained
+    assert saved_stamps(run)["bert-small-kd"] == before
+    assert torch.load(ckpt_path, map_location="cpu", weights_only=False)["state"]["done"] is True
+
+
+def test_hand_trained_teacher_with_the_same_settings_is_reused(tmp_path, tiny_backbone, tiny_dataset_kwargs):
+    from distill.pipeline import normalise_dataset
+    from teachers.train import train_teacher
+
+    profile = tiny_profile()
+    train_ds, report_ds = normalise_dataset(tiny_dataset_kwargs, profile)
+    # what `distill teacher train --out RUN/teacher ...` does with the same settings
+    train_teacher(out=tmp_path / "teacher", dataset=train_ds, backbone=str(tiny_backbone), train_config=profile.teacher,
+                  quiet=True)
+
+    def teacher_step(p):
+        steps = plan(run_dir=tmp_path, profile=p, train_ds=train_ds, report_ds=report_ds,
+                     backbone=str(tiny_backbone), cuda=False, threads=1, quiet=True)
+        return steps[0]
+
+    records = StepRecords(tmp_path)
+    other = tiny_profile(teacher=dataclasses.replace(profile.teacher, seed=14))
+    step = teacher_step(other)
+    _adopt_teacher(step, step.params(), records, console=_Silent())
+    assert not records.is_done(step, step.params())
+    step = teacher_step(profile)
+    # a teacher trained before TrainConfig grew a field, with another checkpoint frequency: the same settings
+    info = json.loads((tmp_path / "teacher" / "distill.json").read_text(encoding="utf-8"))
+    del info["meta"]["params"]["train_config"]["checkpoint_every"]
+    info["meta"]["params"]["train_config"]["checkpoint_minutes"] = 30.0
+    (tmp_path / "teacher" / "distill.json").write_text(json.dumps(info), encoding="utf-8")
+    _adopt_teacher(step, step.params(), records, console=_Silent())
+    assert records.is_done(step, step.params())
+    assert records.read("teacher")["adopted"] is True
+
+
+class _Silent:
+    def print(self, *args, **kwargs):
+        pass
+
+
+def test_full_profile_teacher_matches_distill_teacher_train_defaults():
+    """`distill teacher train --epochs 2` and the full profile train the same teacher."""
+    from distill.cli.teacher import train_cmd
+    import inspect
+
+    defaults = {name: p.default.default for name, p in inspect.signature(train_cmd).parameters.items()
+                if hasattr(p.default, "default")}
+    cfg = get_profile("full").teacher
+    assert cfg == TrainConfig(epochs=2, batch_size=defaults["batch_size"], lr=defaults["lr"],
+                              embedding_lr=defaults["embedding_lr"], head_lr=defaults["head_lr"],
+                              crf_lr=defaults["crf_lr"], warmup=defaults["warmup"], clip=defaults["clip"],
+                              patience=defaults["patience"], seed=defaults["seed"], max_steps=defaults["max_steps"])
+    full = get_profile("full")
+    assert (full.max_train, full.max_dev, full.max_test) == (None, None, None)
+
+
+def test_profiles_are_validated():
+    with pytest.raises(DistillError, match="unknown profile 'fast'; expected one of quick, full"):
+        get_profile("fast")
+    with pytest.raises(ValueError, match="alpha"):
+        tiny_profile(alpha=1.0)
+    with pytest.raises(ValueError, match="unknown quantization method 'int4'"):
+        tiny_profile(quantize_methods=("int4",))
+    with pytest.raises(ValueError, match="cannot quantize 'nope'"):
+        tiny_profile(quantize=("nope",))
+
+
+def test_cli_run_skips_a_finished_run(tiny_pipeline, tiny_backbone, tiny_dataset_kwargs, monkeypatch):
+    run, _, _ = tiny_pipeline
+    monkeypatch.setattr("distill.report.make_report", fake_report)
+    profile = tiny_profile(bilstm=dataclasses.replace(tiny_profile().bilstm, lr=3e-3))
+    monkeypatch.setitem(PROFILES, "tiny", lambda: profile)
+    r = runner.invoke(app, ["run", str(run), "--profile", "tiny", "--backbone", str(tiny_backbone),
+                            "--train", str(tiny_dataset_kwargs["train"]), "--test", str(tiny_dataset_kwargs["test"]),
+                            "--format", "msra", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert "skipped" in r.output and "step 12/12: comparison report" in r.output
+    r = runner.invoke(app, ["run", str(run), "--profile", "nope"])
+    assert isinstance(r.exception, DistillError) and "expected one of" in str(r.exception)
