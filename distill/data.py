@@ -139,17 +139,30 @@ def read_jsonl(path: str | Path, name: str = "") -> Corpus:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(path, lineno, f"invalid JSON ({e.msg}); expected {{\"tokens\": [...], \"tags\": [...]}}") from None
+        except RecursionError:
+            raise DataError(path, lineno, "JSON nested too deeply; expected {\"tokens\": [...], \"tags\": [...]}") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("tokens"), list) or not isinstance(obj.get("tags"), list):
             raise DataError(path, lineno, 'expected an object with lists "tokens" and "tags"')
         toks, tgs = obj["tokens"], obj["tags"]
         if not all(isinstance(t, str) and t and not t.isspace() for t in toks) or not all(isinstance(t, str) for t in tgs):
             raise DataError(path, lineno, '"tokens" and "tags" must hold non-empty strings')
+        if not _is_unicode(toks + tgs):
+            raise DataError(path, lineno, 'a lone surrogate escape (like "\\ud800") is not text; expected valid Unicode')
         if len(toks) != len(tgs):
             raise DataError(path, lineno, f"{len(toks)} tokens but {len(tgs)} tags; expected one tag per token")
         if not toks:
             continue
         tokens.append(toks), tags.append(tgs), tag_lines.append([lineno] * len(tgs))
     return _finish(path, tokens, tags, tag_lines, False, name or path.name)
+
+
+def _is_unicode(strings: Sequence[str]) -> bool:
+    try:
+        for s in strings:
+            s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_twofile(text_path: str | Path, tags_path: str | Path, name: str = "") -> Corpus:

@@ -61,6 +61,11 @@ def predict_file(*, model: str | Path, text: str | None = None, input: str | Non
 
     if output_format not in OUTPUT_FORMATS:
         raise DistillError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    if text is not None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # bytes that were not UTF-8 on the command line arrive as lone surrogates
+            raise DistillError(f"TEXT is not valid UTF-8 (character {e.start + 1}); pass UTF-8 text") from None
     m = load_model(model)
     meta = m.meta
     char_level = bool(meta.get("char_level", False))
