@@ -179,6 +179,7 @@ class DistillationLoss:
 
     def __call__(self, model, out, batch: dict) -> tuple[Tensor, dict[str, float]]:
         c = self.config
+        self._follow(out.emissions.device)
         nll = model.loss(out, batch["tags"])
         parts = {"nll": nll.item()}
         loss = nll
@@ -198,3 +199,10 @@ class DistillationLoss:
             parts["hidden"] = hidden.item()
             loss = loss + c.hidden_weight * hidden
         return loss, parts
+
+    def _follow(self, device) -> None:
+        """Keep the teacher's CRF and model on the device the student trains on."""
+        if self.teacher_crf is not None and self.teacher_crf.transitions.device != device:
+            self.teacher_crf.to(device)
+        if self.teacher is not None and next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)

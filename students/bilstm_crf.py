@@ -50,6 +50,7 @@ class BiLSTMTagger(Tagger):
     """
 
     kind = "bilstm-crf"
+    files = ("model.safetensors", VOCAB_FILE)
 
     def __init__(self, vocab: Sequence[str], labels: Sequence[str], embedding_dim: int = 128, hidden_size: int = 256,
                  lstm_layers: int = 1, dropout: float = 0.5, max_length: int = 512, meta: dict | None = None):
@@ -177,7 +178,7 @@ class BiLSTMTagger(Tagger):
         try:
             vocab = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise DistillError(f"{path}: missing; the BiLSTM model folder is incomplete") from None
+            raise DistillError(f"{path}: missing; the model folder is incomplete") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DistillError(f"{path}: corrupt vocabulary ({e})") from None
         if not isinstance(vocab, list) or len(vocab) != config.get("vocab_size", len(vocab)):
