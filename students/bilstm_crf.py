@@ -105,11 +105,14 @@ class BiLSTMTagger(Tagger):
     def forward(self, batch: dict[str, Tensor]) -> TaggerOutput:
         mask = batch["word_mask"]  # shape: (B, W)
         words = self.dropout(self.embedding(batch["input_ids"]))  # shape: (B, W, E)
-        # Packing keeps the backward direction from reading padding: each sentence's
-        # backward pass starts at its own last word.
-        lengths = mask.sum(1).cpu()
-        packed = pack_padded_sequence(words, lengths, batch_first=True, enforce_sorted=False)
-        hidden, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=words.size(1))
+        if bool(mask.all()):  # no padding (one sentence, or equal lengths): packing changes nothing
+            hidden = self.lstm(words)[0]
+        else:
+            # Packing keeps the backward direction from reading padding: each sentence's
+            # backward pass starts at its own last word.
+            lengths = mask.sum(1).cpu()
+            packed = pack_padded_sequence(words, lengths, batch_first=True, enforce_sorted=False)
+            hidden, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=words.size(1))
         emissions = self.classifier(self.dropout(hidden))  # shape: (B, W, K)
         return TaggerOutput(emissions, mask, None)
 

@@ -148,6 +148,10 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
     if dropout is not None and not 0 <= dropout < 1:
         raise DistillError(f"dropout must be in [0, 1), got {dropout}")
     teacher_info = read_meta(teacher) if teacher is not None else None
+    if teacher_info is not None and kd_cfg.alpha < 1 and kd_cfg.kd != "emission" \
+            and teacher_info.get("config", {}).get("head") == "softmax":
+        raise DistillError(f"{teacher}: the teacher has a softmax head (no CRF), so --kd {kd} is impossible; "
+                           f"use --kd emission")
     cfg = train_config or default_train_config(arch)
     ds = load_dataset(**dataset)
     if teacher_info is not None and list(teacher_info["labels"]) != ds.labels:

@@ -243,3 +243,16 @@ def test_missing_emissions_are_made_and_used(tmp_path, tiny_dataset_kwargs, tiny
     assert meta["params"]["emissions"] == str(folder)
     log = (tmp_path / "s" / "train_log.jsonl").read_text()
     assert json.loads(log.splitlines()[0])["loss"] > 0
+
+
+def test_marginal_kd_needs_a_crf_teacher(tmp_path, tiny_backbone, tiny_dataset_kwargs):
+    from distill.data import load_dataset
+    from students.train import train_student
+    from teachers.bert_crf import build_teacher
+
+    ds = load_dataset(**tiny_dataset_kwargs)
+    folder = build_teacher(ds.labels, ds.train.tokens, backbone=str(tiny_backbone), head="softmax").save(tmp_path / "t")
+    for kd in ("marginal", "both"):
+        with pytest.raises(DistillError, match="softmax head"):
+            train_student(out=tmp_path / "s", teacher=folder, kd=kd, dataset=tiny_dataset_kwargs, quiet=True)
+    assert not (tmp_path / "s").exists() and not (folder / "emissions-train").exists()
