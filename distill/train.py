@@ -132,8 +132,9 @@ def accelerator(**kwargs):
 def process_state():
     """Accelerate's process facts (rank, world size, device) without an Accelerator."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    state = PartialState()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
     _check_world(state.num_processes)
     return state
 
@@ -398,9 +399,11 @@ def train(
                 batch = _to_device(model.collate([pieces[i].feature for i in (mine or everyone[:1])]), acc.device)
                 out = ddp_model(batch)
                 loss, parts = loss_fn(model, out, batch)
-                if P > 1:  # this share's words over the batch's; DDP averages over P
-                    loss = loss * (P * sum(lengths[i] for i in mine) / n_words)
-                total_loss, = _agree(acc, loss.item())
+                share = sum(lengths[i] for i in mine) / n_words if P > 1 else 1.0  # of the batch's words
+                if P > 1:  # DDP averages the gradients over P
+                    loss = loss * (P * share)
+                keys = sorted(parts)
+                total_loss, *part_values = _agree(acc, loss.item(), *(float(parts[k]) * share for k in keys))
                 if not math.isfinite(total_loss):
                     raise DistillError(
                         f"loss is {total_loss} at epoch {epoch + 1}, step {b + 1} (global step {state['global_step'] + 1}); "
@@ -411,7 +414,7 @@ def train(
                     acc.clip_grad_norm_(model.parameters(), cfg.clip)
                 optimizer.step()
                 scheduler.step()
-                for k, v in {"loss": total_loss / P, **parts, "n": 1}.items():
+                for k, v in {"loss": total_loss / P, **dict(zip(keys, part_values)), "n": 1}.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 state["global_step"] += 1
                 state["step_in_epoch"] = b + 1
