@@ -1,0 +1,82 @@
+"""``distill quantize fp16``: half-precision weights for GPU inference.
+
+Every weight becomes float16 except the CRF (its Viterbi scores add up over a whole
+sentence, so it stays float32; emissions are cast to float32 before decoding).
+
+fp16 is for CUDA GPUs: without one, ``quantize fp16`` stops with a one-line error
+rather than silently producing a model that is slower than fp32 on CPU (no bf16
+fallback: a different number format deserves its own name). ``device="cpu"`` makes
+and checks the folder on CPU anyway (correct, slow; for machines preparing a GPU
+model). A saved fp16 folder loads on CUDA when available, else on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.errors import DistillError
+from distill.modeling import Tagger
+from quantize import CompressedTagger, build_skeleton, check_sentences, compare, derived_meta, load_source, output_folder, write_model_folder
+
+DEVICES = ("cuda", "cpu")
+
+
+def to_half(model: Tagger) -> Tagger:
+    """Cast ``model`` to float16 in place, the CRF kept float32."""
+    model.half()
+    if model.crf is not None:
+        model.crf.float()
+    return model
+
+
+class HalfTagger(CompressedTagger):
+    """A tagger in float16 (CRF in float32), on CUDA when available."""
+
+    kind = "fp16"
+
+    @classmethod
+    def load(cls, folder: Path, info: dict[str, Any]) -> "HalfTagger":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model
+
+        inner = to_half(build_skeleton(folder, info, "cpu"))
+        path = folder / "model.safetensors"
+        if not path.exists():
+            raise DistillError(f"{path}: missing; the fp16 model folder is incomplete")
+        try:
+            load_model(inner, str(path))
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise DistillError(f"{path}: cannot be loaded ({str(e).splitlines()[0][:160]}); "
+                               f"the file is truncated or from another model") from None
+        return cls(inner.to("cuda" if torch.cuda.is_available() else "cpu").eval(), info["meta"])
+
+
+def quantize_fp16(*, model: Path, out: Path | None = None, device: str = "cuda", dataset: dict | None = None,
+                  check: int = 200, quiet: bool = False) -> Path:
+    """Write a float16 copy of ``model`` (default folder ``MODEL-fp16``), checked against
+    the fp32 model on ``check`` dev sentences on ``device`` (cuda, or cpu explicitly)."""
+    from safetensors.torch import save_model
+
+    if device not in DEVICES:
+        raise DistillError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DistillError("fp16 is for GPU inference and no CUDA GPU is available here; on CPU use "
+                           "`distill quantize int8` (or pass --device cpu to make the fp16 folder anyway)")
+    out = output_folder(model, out, "fp16")
+    source = load_source(model)
+    half = to_half(copy.deepcopy(source)).to(device).eval()
+    meta = derived_meta(source, model, "fp16", {"dtype": "float16", "device": device})
+    if check:
+        meta["check"] = compare(source, HalfTagger(half, meta), check_sentences(source.meta, dataset, check))
+    write_model_folder(out, kind=HalfTagger.kind, source=source, meta=meta,
+                       write_weights=lambda tmp: save_model(half, str(tmp / "model.safetensors")))
+    if not quiet:
+        c = meta.get("check")
+        print(f"fp16 model saved to {out}"
+              + (f"; on {c['sentences']} dev sentences ({device}): max |emission diff| {c['max_abs_diff']:.4f}, "
+                 f"tags agree {c['tag_agreement']:.2%}" if c else ""))
+    return out
