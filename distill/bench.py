@@ -339,7 +339,7 @@ def run_child(args: list[str], threads: int, hide_gpu: bool) -> tuple[dict[str, 
     child is no good here: on Linux its ru_maxrss starts at the parent's own peak.)
     """
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               OPENBLAS_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+               OPENBLAS_NUM_THREADS=str(threads), DISTILL_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
     if hide_gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     result, peak_mb = None, None

@@ -264,7 +264,7 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
             def run_quantize(resume: bool, source=source, out=out, method=method):
                 from quantize.api import quantize
 
-                return quantize(method=method, model=source, out=out)
+                return quantize(method=method, model=source, out=out, dataset=train_ds, quiet=quiet)
 
             steps.append(Step(out.name, f"quantize {src} ({method})", out, "distill.json",
                               lambda source=source, method=method: _plain(

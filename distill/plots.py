@@ -18,6 +18,18 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _plain_log_axis(axis, values: Sequence[float]) -> None:
+    """Tick labels on a log axis as plain numbers (5, 20, 1,000) rather than powers of ten;
+    in-between ticks are labelled too when the values span less than a factor of 10."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    label = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
+    axis.set_major_formatter(label)
+    positive = [v for v in values if v > 0]
+    narrow = bool(positive) and max(positive) < 10 * min(positive)
+    axis.set_minor_formatter(label if narrow else NullFormatter())
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -35,9 +47,11 @@ def f1_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         area = 40 + 900 * (r["size_mb"] / biggest)
         color = "tab:red" if r.get("role") == "teacher" else "tab:blue"
         ax.scatter(r["latency_ms_median"], r["f1"], s=area, alpha=0.55, color=color, edgecolors="black", linewidths=0.5)
-        ax.annotate(f"{r['name']} ({r['size_mb']:.1f} MB)", (r["latency_ms_median"], r["f1"]),
+        ax.annotate(f"{r['name']} ({r['size_mb']:.3g} MB)", (r["latency_ms_median"], r["f1"]),
                     textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.set_xscale("log")
+    _plain_log_axis(ax.xaxis, [r["latency_ms_median"] for r in rows])
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("latency per sentence, batch 1, median (ms, log scale)")
     ax.set_ylabel("entity F1 (test)")
     ax.set_title("F1 vs latency (point area ~ weights on disk; red = teacher)")
@@ -59,7 +73,10 @@ def training_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path
     ax_f1.set_title("dev entity F1 per epoch")
     ax_f1.set_xlabel("epoch")
     ax_f1.set_ylabel("F1")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_f1):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         if curves:
             ax.legend(fontsize=8)
@@ -110,6 +127,7 @@ def label_distribution(counts: dict[str, int], title: str, path: Path) -> Path:
         ax.annotate(f"{v:,}", (b.get_x() + b.get_width() / 2, max(v, 1)), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(names)), names)
     ax.set_yscale("log")
+    _plain_log_axis(ax.yaxis, values)
     ax.set_ylabel("tokens (log scale)")
     ax.set_title(title)
     return _save(fig, path)

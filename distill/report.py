@@ -154,7 +154,7 @@ def make_report(*, run_dir: str | Path, out: str | Path | None = None, dataset: 
     for name, value, low in (("latency_sentences", latency_sentences, 1), ("batch_size", batch_size, 1), ("warmup", warmup, 0)):
         if value < low:
             raise DistillError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-    threads = threads or default_threads()
+    threads = default_threads() if threads is None else threads
     if threads < 1:
         raise DistillError(f"--threads must be >= 1, got {threads}")
     entries = find_models(run_dir, exclude=[out])
@@ -237,7 +237,7 @@ def _one_line(name: str, device: str, r: dict[str, Any]) -> str:
     if "skipped" in r:
         return f"{name} ({device}): not measured: {r['skipped']}"
     return (f"{name} ({device}): F1 {r['f1']:.4f}, {r['latency_ms_median']:.2f} ms/sentence, "
-            f"{r['throughput']:.1f} sentences/s, peak RSS {r['peak_rss_mb']:.0f} MB")
+            f"{r['throughput']:.1f} sentences/s, peak RSS {fmt(r.get('peak_rss_mb'), 'f0')} MB")
 
 
 def _row(e: Entry, r: dict[str, Any], size_mb: float) -> dict[str, Any]:
@@ -260,13 +260,16 @@ def assemble(*, entries, teacher, sizes, ds, dataset, threads, latency_sentences
              baseline_mb, command, run_dir) -> dict[str, Any]:
     """The report as one JSON-able dict: header facts, one row per measured model, what failed."""
     ok = lambda r: bool(r) and "error" not in r and "skipped" not in r  # noqa: E731
+    notes: list[str] = []
     rows = [_row(e, e.cpu, sizes[e.name]) for e in entries if e.error is None and ok(e.cpu)]
     gpu_rows = [_row(e, e.gpu, sizes[e.name]) for e in entries if e.error is None and ok(e.gpu)]
     ref = next((r for r in rows if teacher is not None and r["name"] == teacher.name), None)
+    if teacher is not None and ref is None:
+        notes.append(f"the teacher {teacher.name} could not be measured on the CPU, so deltas and speedups are n/a")
     gpu_ref = next((r for r in gpu_rows if teacher is not None and r["name"] == teacher.name), None)
     _compare(rows, ref)
     _compare(gpu_rows, gpu_ref)
-    failed, notes = [], []
+    failed = []
     for e in entries:
         reasons = [e.error] if e.error else []
         for device, r in (("cpu", e.cpu), ("gpu", e.gpu)):
@@ -274,6 +277,9 @@ def assemble(*, entries, teacher, sizes, ds, dataset, threads, latency_sentences
                 reasons.append(f"{device}: {r['error']}")
             elif r.get("skipped") and device == "cpu":
                 reasons.append(f"{device}: {r['skipped']}")
+        trained_on = e.meta.get("dataset")
+        if e.error is None and trained_on and trained_on != ds.name:
+            reasons.append(f"trained on dataset {trained_on!r}, tested on {ds.name!r}")
         measured = any(row["name"] == e.name for row in rows + gpu_rows)
         if not measured:
             failed.append({"name": e.name, "folder": str(e.folder), "kind": e.info.get("kind"),
@@ -374,7 +380,7 @@ def render(report: dict[str, Any], folder: Path, *, entries, teacher, teacher_pr
     if teacher is not None and teacher_pred is not None:
         labels = teacher.info["labels"]
         counts = plots.confusion_counts(ds.test.tags, teacher_pred, labels)
-        plots.confusion_matrix(counts, labels, f"teacher ({teacher.name}) tags on the test set, rows normalised",
+        plots.confusion_matrix(counts, labels, f"teacher {teacher.name!r}: tags on the test set, rows normalised",
                                plot_dir / "confusion_teacher.png")
         figures["confusion_teacher"] = "plots/confusion_teacher.png"
         report["teacher_confusion"] = {"labels": labels, "counts": counts}

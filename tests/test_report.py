@@ -39,6 +39,11 @@ def tiny_run(tmp_path_factory, tiny_teacher, tiny_backbone, tiny_dataset_kwargs)
     for junk in (run / "teacher.work", run / "teacher" / "emissions-train"):
         junk.mkdir()
         shutil.copy(run / "teacher" / "distill.json", junk / "distill.json")
+    from quantize.api import quantize
+
+    for method in ("int8", "onnx-int8"):  # a PyTorch int8 row and an ONNX Runtime row
+        quantize(method=method, model=run / "teacher", out=run / f"teacher-{method}", dataset=tiny_dataset_kwargs,
+                 quiet=True)
     (run / "broken").mkdir()
     (run / "broken" / "distill.json").write_text("{", encoding="utf-8")
     report = make_report(run_dir=run, dataset=tiny_dataset_kwargs, threads=1, latency_sentences=5, warmup=1,
@@ -48,22 +53,31 @@ def tiny_run(tmp_path_factory, tiny_teacher, tiny_backbone, tiny_dataset_kwargs)
 
 def test_every_model_measured_with_consistent_columns(tiny_run, tiny_dataset_kwargs):
     run, report = tiny_run
-    assert [r["name"] for r in report["models"]] == ["teacher", "students/small"]
-    assert report["teacher"] == "teacher"
+    assert [r["name"] for r in report["models"]] == ["teacher", "students/small", "teacher-int8", "teacher-onnx-int8"]
+    assert report["teacher"] == "teacher"  # teacher-int8 keeps role "teacher" but derives from it
     ds = load_dataset(**tiny_dataset_kwargs)
+    rows = {r["name"]: r for r in report["models"]}
     for row in report["models"]:
         assert all(row.get(key) is not None for key, _, _ in COLUMNS), row
         model = load_model(row["folder"])
         # the same predictions as an in-process evaluation: batching does not change a CRF's tags
         assert row["f1"] == pytest.approx(evaluate(model, ds.test)["f1"])
-        assert row["parameters"] == sum(p.numel() for p in model.parameters())
-        assert row["size_mb"] == pytest.approx((run / row["name"] / "model.safetensors").stat().st_size / 2**20)
+        weights = [p for p in (run / row["name"]).iterdir() if p.suffix in (".safetensors", ".onnx", ".data")]
+        assert row["size_mb"] == pytest.approx(sum(p.stat().st_size for p in weights) / 2**20)
         assert row["latency_ms_p90"] >= row["latency_ms_median"] > 0
         assert row["throughput"] > 0 and row["device"] == "cpu" and row["threads"] == 1
         assert row["latency_sentences"] == 5
         assert row["peak_rss_mb"] > report["method"]["baseline_rss_mb"] > 0
         assert set(row["per_type"]) == set(ds.test.entity_types())
-    teacher, small = report["models"]
+    teacher, small = rows["teacher"], rows["students/small"]
+    for row in (teacher, small):
+        assert row["parameters"] == sum(p.numel() for p in load_model(row["folder"]).parameters())
+        assert row["parameters_note"] == ""
+    # int8 weights are unpacked to count them: the same number as the fp32 teacher's
+    assert rows["teacher-int8"]["parameters"] == teacher["parameters"]
+    assert "int8" in rows["teacher-int8"]["parameters_note"]
+    assert "approximate" in rows["teacher-onnx-int8"]["parameters_note"]
+    assert 0.9 * teacher["parameters"] < rows["teacher-onnx-int8"]["parameters"] < 1.2 * teacher["parameters"]
     assert teacher["f1_delta"] == 0 and teacher["speedup_b1"] == 1 and teacher["speedup_b32"] == 1
     assert small["f1_delta"] == pytest.approx(small["f1"] - teacher["f1"])
     assert small["speedup_b1"] == pytest.approx(teacher["latency_ms_median"] / small["latency_ms_median"])
@@ -80,7 +94,7 @@ def test_markdown_json_and_csv_agree(tiny_run):
     lines = md.splitlines()
     start = lines.index(header) + 2
     table = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[start : start + len(report["models"])]]
-    assert len(table) == 2
+    assert len(table) == 4
     for cells, row in zip(table, report["models"]):
         assert cells == [fmt(row[key], how) for key, _, how in COLUMNS]
     with open(run / "report" / "report.csv", encoding="utf-8") as f:
