@@ -76,23 +76,25 @@ class BertTagger(Tagger):
 
     # --- featurizing -------------------------------------------------------
     def encode_words(self, sentences):
+        """Per sentence, per word, the word's sub-token ids (at least one: [UNK] for a word
+        the tokenizer drops, such as a control character).
+
+        Words are pre-tokenized input, so a word's ids do not depend on where it occurs:
+        each distinct word is tokenized once, in batches, and sentences are assembled
+        from that table (equal words share one id list; callers copy, never mutate).
+        """
         tok = self.tokenizer
         unk = tok.unk_token_id
-        out = []
-        step = 2048
-        for s in range(0, len(sentences), step):
-            chunk = [list(x) for x in sentences[s : s + step]]
-            enc = tok(chunk, is_split_into_words=True, add_special_tokens=False,
+        words = list(dict.fromkeys(w for s in sentences for w in s))
+        table: dict[str, list[int]] = {}
+        step = 4096
+        for s in range(0, len(words), step):
+            chunk = words[s : s + step]
+            enc = tok([[w] for w in chunk], is_split_into_words=True, add_special_tokens=False,
                       return_attention_mask=False, return_token_type_ids=False)
-            for i, words in enumerate(chunk):
-                per: list[list[int]] = [[] for _ in words]
-                for tid, w in zip(enc["input_ids"][i], enc.word_ids(i)):
-                    per[w].append(tid)
-                for p in per:
-                    if not p:  # a word the tokenizer drops (control char, odd space)
-                        p.append(unk)
-                out.append(per)
-        return out
+            for w, ids in zip(chunk, enc["input_ids"]):
+                table[w] = ids or [unk]
+        return [[table[w] for w in s] for s in sentences]
 
     def build_feature(self, word_ids):
         ids = [self.tokenizer.cls_token_id]
@@ -157,6 +159,10 @@ class BertTagger(Tagger):
 
         enc_config = AutoConfig.from_pretrained(folder, local_files_only=True)
         encoder = AutoModel.from_config(enc_config, add_pooling_layer=False)
+        if getattr(enc_config, "pruned_heads", None):  # head-pruned (quantize/prune.py): transformers 5 no longer re-prunes
+            from quantize.prune import apply_pruned_heads
+
+            apply_pruned_heads(encoder, enc_config.pruned_heads)
         tokenizer = load_tokenizer(str(folder))
         return cls(encoder, tokenizer, labels, head=config["head"], dropout=config["dropout"],
                    lstm_hidden=config["lstm_hidden"], max_length=config["max_length"], meta=meta)
