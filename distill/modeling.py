@@ -212,4 +212,8 @@ def load_model(folder: str | Path) -> Any:
     """Load any model folder distill wrote (teacher, student, quantized, ONNX)."""
     folder = Path(folder)
     info = read_meta(folder)
-    return model_class(info["kind"]).load(folder, info)
+    try:
+        cls = model_class(info["kind"])
+    except DistillError as e:
+        raise DistillError(f"{folder / META_FILE}: {e}") from None
+    return cls.load(folder, info)

@@ -44,6 +44,9 @@ def main() -> None:
         sys.exit(130)
     except Exception as e:
         # usage errors and --help exits: typer vendors click, so match by behaviour, not by class
+        if type(e).__name__ == "BadParameter" and hasattr(e, "format_message"):  # e.g. a path that does not exist
+            print(f"error: {e.format_message()}", file=sys.stderr)
+            sys.exit(1)
         if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
             sys.exit(e.exit_code)
