@@ -174,6 +174,8 @@ def check_sentences(meta: dict[str, Any], dataset: dict[str, Any] | None, n: int
     training data, from its meta)."""
     from distill.data import load_dataset
 
+    if n < 1:
+        raise DistillError(f"--check must be >= 1 (dev sentences to check on; 0 skips the check), got {n}")
     kwargs = dataset if dataset is not None else dataset_of(meta)
     if kwargs is None:
         raise DistillError("cannot tell which data the model was trained on (no 'dataset' in its meta); "

@@ -109,10 +109,11 @@ def quantize_bnb8(*, model: Path, out: Path | None = None, threshold: float = 6.
 
     if not threshold >= 0:
         raise DistillError(f"--threshold must be >= 0 (0 disables the 16-bit outlier path), got {threshold}")
-    device = resolve_device(device)
-    _bnb()
     out = output_folder(model, out, "bnb8")
     source = load_source(model)
+    sentences = check_sentences(source.meta, dataset, check) if check else None
+    device = resolve_device(device)
+    _bnb()
     qmodel = copy.deepcopy(source)
     layers = replace_linears(qmodel, threshold)
     if not layers:
@@ -121,9 +122,8 @@ def quantize_bnb8(*, model: Path, out: Path | None = None, threshold: float = 6.
     meta = derived_meta(source, model, "bnb8", {"threshold": threshold, "device": device,
                                                  "backend": "bitsandbytes Linear8bitLt (LLM.int8)"})
     meta["quantized_layers"] = len(layers)
-    if check:
-        wrapped = Bnb8Tagger(qmodel, meta)
-        meta["check"] = compare(source, wrapped, check_sentences(source.meta, dataset, check))
+    if sentences:
+        meta["check"] = compare(source, Bnb8Tagger(qmodel, meta), sentences)
     state = {k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()}
     write_model_folder(out, kind=Bnb8Tagger.kind, source=source, meta=meta,
                        write_weights=lambda tmp: save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"}))

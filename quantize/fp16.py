@@ -63,15 +63,16 @@ def quantize_fp16(*, model: Path, out: Path | None = None, device: str = "cuda",
 
     if device not in DEVICES:
         raise DistillError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    out = output_folder(model, out, "fp16")
+    source = load_source(model)
+    sentences = check_sentences(source.meta, dataset, check) if check else None
     if device == "cuda" and not torch.cuda.is_available():
         raise DistillError("fp16 is for GPU inference and no CUDA GPU is available here; on CPU use "
                            "`distill quantize int8` (or pass --device cpu to make the fp16 folder anyway)")
-    out = output_folder(model, out, "fp16")
-    source = load_source(model)
     half = to_half(copy.deepcopy(source)).to(device).eval()
     meta = derived_meta(source, model, "fp16", {"dtype": "float16", "device": device})
-    if check:
-        meta["check"] = compare(source, HalfTagger(half, meta), check_sentences(source.meta, dataset, check))
+    if sentences:
+        meta["check"] = compare(source, HalfTagger(half, meta), sentences)
     write_model_folder(out, kind=HalfTagger.kind, source=source, meta=meta,
                        write_weights=lambda tmp: save_model(half, str(tmp / "model.safetensors")))
     if not quiet:

@@ -177,22 +177,23 @@ def quantize_int8(*, model: Path, out: Path | None = None, scheme: str = "per-ch
     """Write a dynamic int8 copy of ``model`` (default folder ``MODEL-int8``), checked
     against the fp32 model on ``check`` dev sentences (max abs emission diff and tag
     agreement recorded in its meta)."""
-    from safetensors.torch import save_file
-
     import copy
+
+    from safetensors.torch import save_file
 
     if scheme not in SCHEMES:
         raise DistillError(f"unknown int8 scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
     out = output_folder(model, out, "int8")
     source = load_source(model)
+    sentences = check_sentences(source.meta, dataset, check) if check else None
     qmodel = quantize_modules(copy.deepcopy(source), scheme, lstm)
     layers = quantized_layers(qmodel)
     if not layers:
         raise DistillError(f"{model}: has no Linear or LSTM layers to quantize")
     meta = derived_meta(source, model, "int8", {"scheme": scheme, "lstm": lstm, "backend": "torch.ao dynamic (fbgemm)"})
     meta["quantized_layers"] = len(layers)
-    if check:
-        meta["check"] = compare(source, qmodel, check_sentences(source.meta, dataset, check))
+    if sentences:
+        meta["check"] = compare(source, qmodel, sentences)
     state = quantized_state(qmodel)
     write_model_folder(out, kind=Int8Tagger.kind, source=source, meta=meta,
                        write_weights=lambda tmp: save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"}))

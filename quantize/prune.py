@@ -297,7 +297,8 @@ def prune(*, model: Path, out: Path | None = None, method: str = "magnitude", sp
     need_data = method == "heads" or finetune_epochs > 0
     if need_data and data_kwargs is None:
         raise DistillError("cannot tell which data the model was trained on; give --train (and --dev) files")
-    ds = load_dataset(**data_kwargs) if need_data else None
+    # Data given explicitly is read (and checked) even when only a fine-tune or heads would need it.
+    ds = load_dataset(**data_kwargs) if need_data or dataset is not None else None
 
     pruned = copy.deepcopy(source)
     before = _count(pruned)

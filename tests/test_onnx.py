@@ -1,0 +1,166 @@
+"""ONNX export with the CRF inside: a bare ``onnxruntime.InferenceSession`` (no distill
+code) decodes random padded batches exactly as PyTorch does; the in-graph Viterbi
+equals ``CRF.decode``; the folder works through ``load_model``; the export check fails
+loudly on a mismatch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.crf import CRF
+from distill.errors import DistillError
+from distill.modeling import load_model
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _decisive_teacher(tiny_teacher: Path, folder: Path) -> Path:
+    """The tiny teacher with scaled-up emissions and random transitions, so Viterbi
+    paths vary (the barely trained teacher tags nearly everything "O")."""
+    model = load_model(tiny_teacher)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 1)
+        model.classifier.bias.normal_(0, 1)
+        model.crf.transitions.normal_(0, 1)
+    return model.save(folder)
+
+
+@pytest.fixture(scope="module")
+def bert_source(tiny_teacher, tmp_path_factory) -> Path:
+    return _decisive_teacher(tiny_teacher, tmp_path_factory.mktemp("onnx-src") / "teacher")
+
+
+@pytest.fixture(scope="module")
+def bert_onnx(bert_source, tmp_path_factory) -> Path:
+    from quantize.api import quantize
+
+    return quantize(method="onnx", model=bert_source, out=tmp_path_factory.mktemp("onnx") / "teacher-onnx", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def bilstm_source(tmp_path_factory, tiny_dataset_kwargs) -> Path:
+    from test_quantize import make_tiny_bilstm
+
+    return make_tiny_bilstm(tmp_path_factory.mktemp("onnx-bilstm") / "bilstm", tiny_dataset_kwargs)
+
+
+def _random_lengths(rng, batch: int, longest: int) -> list[int]:
+    lengths = list(rng.integers(1, longest + 1, size=batch))
+    lengths[0], lengths[-1] = longest, 1  # the longest sets the padding; one-word sentences too
+    return [int(n) for n in lengths]
+
+
+def test_viterbi_scan_equals_crf_decode():
+    from quantize.onnx_export import viterbi
+
+    torch.manual_seed(0)
+    crf = CRF(5)
+    with torch.no_grad():
+        crf.transitions.normal_(0, 2)
+    for B, T in [(1, 1), (3, 1), (4, 2), (6, 9), (2, 17)]:
+        emissions = torch.randn(B, T, 5) * 2
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[0] = T
+        mask = torch.arange(T)[None] < lengths[:, None]
+        assert torch.equal(viterbi(crf, emissions, mask), crf.decode(emissions, mask))
+
+
+def test_bare_session_decodes_random_padded_bert_batches_like_pytorch(bert_source, bert_onnx):
+    source = load_model(bert_source)
+    session = ort.InferenceSession(str(bert_onnx / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "word_index", "word_mask"]
+    assert [o.name for o in session.get_outputs()] == ["emissions", "tags"]
+    rng = np.random.default_rng(0)
+    vocab = source.encoder.config.vocab_size
+    worst, distinct = 0.0, set()
+    for B, longest in [(5, 12), (3, 30), (1, 1), (8, 7)]:
+        lengths = _random_lengths(rng, B, longest)
+        # words of one or two sub-tokens, [CLS] first and [SEP] last, as BertTagger.collate lays them out
+        features = []
+        for n in lengths:
+            words = [list(rng.integers(5, vocab, size=int(rng.integers(1, 3)))) for _ in range(n)]
+            features.append(source.build_feature([[int(i) for i in w] for w in words]))
+        batch = source.collate(features)
+        feed = {k: batch[k].numpy() for k in ("input_ids", "attention_mask", "word_index", "word_mask")}
+        emissions, tags = session.run(None, feed)
+        with torch.no_grad():
+            out = source(batch)
+        mask = out.mask
+        worst = max(worst, float((torch.from_numpy(emissions) - out.emissions).abs()[mask].max()))
+        expected = source.decode(out)
+        assert np.array_equal(tags, expected.numpy()), (lengths, tags, expected)
+        assert (tags[~mask.numpy()] == -1).all()
+        distinct.update(tags[mask.numpy()].tolist())
+    assert worst < 1e-4
+    assert len(distinct) >= 3  # decoding is not trivially constant
+
+
+def test_onnx_folder_predicts_like_the_pytorch_model(bert_source, bert_onnx, tiny_dataset_kwargs):
+    from distill.data import load_dataset
+    from distill.evaluate import predict_tags
+
+    info = json.loads((bert_onnx / "distill.json").read_text())
+    assert info["kind"] == "onnx" and info["meta"]["source_kind"] == "bert-crf"
+    check = info["meta"]["check"]
+    assert check["tag_agreement"] == 1.0 and check["max_abs_diff"] <= check["tolerance"] == 1e-3
+    assert {"model.onnx", "tokenizer.json", "config.json"} <= {p.name for p in bert_onnx.iterdir()}
+    assert not (bert_onnx / "model.safetensors").exists()
+
+    model = load_model(bert_onnx)
+    assert model.kind == "onnx" and model.meta["char_level"] is True
+    sentences = load_dataset(**tiny_dataset_kwargs).test.tokens
+    assert predict_tags(model, sentences, batch_size=7) == predict_tags(load_model(bert_source), sentences, batch_size=7)
+
+
+def test_export_check_fails_loudly_on_a_mismatch(bert_source, bert_onnx, tiny_dataset_kwargs):
+    from distill.data import load_dataset
+    from quantize.onnx_export import check_export, make_session
+
+    source = load_model(bert_source)
+    with torch.no_grad():
+        source.classifier.bias[2] += 0.5  # PyTorch now differs from the exported graph
+    sentences = load_dataset(**tiny_dataset_kwargs).dev.tokens
+    with pytest.raises(DistillError, match=r"ONNX check failed: emissions differ from PyTorch by 5\.0+e-01"):
+        check_export(source, make_session(bert_onnx / "model.onnx", "cpu"), sentences, exact=True)
+
+
+def test_bilstm_export_handles_padding_and_int8(bilstm_source, tmp_path):
+    """Two-layer BiLSTM: each layer is one ONNX LSTM with sequence_lens, so the backward
+    direction starts at each sentence's last word as packing does."""
+    import onnx
+
+    from quantize.api import quantize
+
+    source = load_model(bilstm_source)
+    out = quantize(method="onnx", model=bilstm_source, out=tmp_path / "onnx", quiet=True)
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert sum(n.op_type == "LSTM" for n in graph.node) == 2
+    assert any(n.op_type in ("Scan", "Loop") for n in graph.node)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for B, longest in [(6, 15), (2, 1), (4, 40)]:
+        lengths = _random_lengths(rng, B, longest)
+        batch = source.collate([source.build_feature([[int(rng.integers(0, len(source.vocab)))] for _ in range(n)])
+                                for n in lengths])
+        emissions, tags = session.run(None, {"input_ids": batch["input_ids"].numpy(), "word_mask": batch["word_mask"].numpy()})
+        with torch.no_grad():
+            ref = source(batch)
+        mask = ref.mask
+        assert float((torch.from_numpy(emissions) - ref.emissions).abs()[mask].max()) < 1e-4
+        assert np.array_equal(tags, source.decode(ref).numpy())
+
+    q = quantize(method="onnx-int8", model=bilstm_source, out=tmp_path / "onnx-int8", quiet=True)
+    ops = {n.op_type for n in onnx.load(str(q / "model.onnx")).graph.node}
+    assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
+    meta = json.loads((q / "distill.json").read_text())["meta"]
+    assert meta["check_fp32"]["tag_agreement"] == 1.0
+    assert meta["check"]["max_abs_diff"] < 0.5 and meta["check"]["tag_agreement"] > 0.9
+    assert (q / "model.onnx").stat().st_size < (out / "model.onnx").stat().st_size
+    assert not (q / "model.fp32.onnx").exists()
+    assert [len(t) for t in load_model(q).decode_batch(batch)] == lengths
