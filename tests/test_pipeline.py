@@ -166,20 +166,36 @@ class _Silent:
         pass
 
 
-def test_full_profile_teacher_matches_distill_teacher_train_defaults():
-    """`distill teacher train --epochs 2` and the full profile train the same teacher."""
-    from distill.cli.teacher import train_cmd
-    import inspect
+def test_full_profile_reuses_a_teacher_from_distill_teacher_train(tmp_path, tiny_dataset_kwargs, monkeypatch):
+    """What `distill teacher train --out RUN/teacher --epochs 2` records is what the full profile's teacher step wants."""
+    import teachers.train
+    from distill.data import load_dataset
+    from distill.pipeline import _teacher_params_match, normalise_dataset, teacher_params
 
-    defaults = {name: p.default.default for name, p in inspect.signature(train_cmd).parameters.items()
-                if hasattr(p.default, "default")}
-    cfg = get_profile("full").teacher
-    assert cfg == TrainConfig(epochs=2, batch_size=defaults["batch_size"], lr=defaults["lr"],
-                              embedding_lr=defaults["embedding_lr"], head_lr=defaults["head_lr"],
-                              crf_lr=defaults["crf_lr"], warmup=defaults["warmup"], clip=defaults["clip"],
-                              patience=defaults["patience"], seed=defaults["seed"], max_steps=defaults["max_steps"])
+    recorded = {}
+
+    class Model:
+        meta = {"vocabulary": {"unk_rate_before": 0.0, "added": 0}}
+
+    def fake_train(model, train, dev, out, cfg, **kwargs):
+        recorded.update(kwargs["extra_meta"]["params"])
+        return {"best_f1": 0.0, "best_epoch": 1}
+
+    # the real command line and train_teacher; only the data, the encoder and the loop are stand-ins
+    monkeypatch.setattr(teachers.train, "load_dataset", lambda **kw: load_dataset(**tiny_dataset_kwargs))
+    monkeypatch.setattr("teachers.bert_crf.build_teacher", lambda *a, **kw: Model())
+    monkeypatch.setattr(teachers.train, "train", fake_train)
+    r = runner.invoke(app, ["teacher", "train", "--out", str(tmp_path / "teacher"), "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    (folder / "distill.json").write_text(json.dumps({"meta": {"params": recorded}}), encoding="utf-8")
     full = get_profile("full")
-    assert (full.max_train, full.max_dev, full.max_test) == (None, None, None)
+    want = teacher_params(backbone=None, dataset=normalise_dataset(None, full)[0], cfg=full.teacher)
+    assert _teacher_params_match(folder, want)
+    quick = get_profile("quick")  # capped data: not the same teacher
+    assert not _teacher_params_match(folder, teacher_params(backbone=None, dataset=normalise_dataset(None, quick)[0],
+                                                            cfg=quick.teacher))
 
 
 def test_profiles_are_validated():
