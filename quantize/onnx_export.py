@@ -23,7 +23,6 @@ length, and returns ``emissions`` (B, W, K) and the Viterbi-decoded ``tags`` (B,
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 
 from distill.crf import CRF
 from distill.errors import DistillError
-from distill.modeling import Tagger
+from distill.modeling import Tagger, TaggerOutput
 from quantize import build_skeleton, check_sentences, derived_meta, load_source, output_folder, write_model_folder
 
 ONNX_FILE = "model.onnx"
@@ -155,8 +154,6 @@ class ExportGraph(nn.Module):
         super().__init__()
         if source.kind not in INPUTS:
             raise DistillError(f"ONNX export supports {', '.join(INPUTS)} models, not {source.kind!r}")
-        if source.crf is None:
-            raise DistillError("ONNX export needs a CRF head (this model has a softmax head)")
         self.source = source
         self.kind = source.kind
         lstm = getattr(source, "lstm", None)
@@ -177,6 +174,8 @@ class ExportGraph(nn.Module):
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
         emissions, mask = self.emissions(*inputs)
+        if self.source.crf is None:  # a softmax head (the teacher ablation)
+            return emissions, emissions.argmax(-1).masked_fill(~mask, -1)
         return emissions, viterbi(self.source.crf, emissions, mask)
 
 
@@ -189,7 +188,11 @@ def _example_batch(source: Tagger, sentences: Sequence[Sequence[str]]) -> dict[s
 
 def export_graph(source: Tagger, path: Path, example: dict[str, Tensor]) -> None:
     """Export ``source`` (emissions + Viterbi) to ``path`` with dynamic batch and lengths."""
+    import contextlib
+    import io
     import logging
+
+    import onnx
 
     graph = ExportGraph(source).eval().requires_grad_(False)
     names = INPUTS[source.kind]
@@ -202,7 +205,8 @@ def export_graph(source: Tagger, path: Path, example: dict[str, Tensor]) -> None
         dims["attention_mask"] = dims["input_ids"]
     dynamic = tuple(dims[n] for n in names)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad(), _quiet_stdout():
+    # The dynamo exporter prints its progress to stdout; a CLI command should not.
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(graph, args, input_names=list(names), output_names=list(OUTPUTS),
@@ -212,8 +216,6 @@ def export_graph(source: Tagger, path: Path, example: dict[str, Tensor]) -> None
         except Exception as e:  # the exporter's errors are long; keep the first line
             raise DistillError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}") from None
     program.save(str(path), external_data=False)
-    import onnx
-
     for output in onnx.load(str(path), load_external_data=False).graph.output:
         dims = output.type.tensor_type.shape.dim[:2]
         if any(d.HasField("dim_value") for d in dims):  # the exporter fell back to fixed sizes
@@ -221,38 +223,14 @@ def export_graph(source: Tagger, path: Path, example: dict[str, Tensor]) -> None
                                f"({[d.dim_value or d.dim_param for d in dims]}); the graph would only take that shape")
 
 
-class _quiet_stdout:
-    """The dynamo exporter prints its progress to stdout; a CLI command should not."""
-
-    def __enter__(self):
-        import contextlib
-        import io
-
-        self._ctx = contextlib.redirect_stdout(io.StringIO())
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
-
-
 # ---------------------------------------------------------------------------
 # Running the graph
 
 
-def default_threads() -> int:
-    """Intra-op threads: ``DISTILL_THREADS`` if set, else PyTorch's choice (one per
-    physical core), so ONNX and PyTorch rows of a report run on the same cores."""
-    value = os.environ.get("DISTILL_THREADS")
-    if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            raise DistillError(f"DISTILL_THREADS must be a positive integer, got {value!r}") from None
-    return torch.get_num_threads()
-
-
 def make_session(path: Path, device: str = "auto", threads: int | None = None):
-    """An ONNX Runtime session: CUDA when available (``device`` auto|cpu|cuda), else CPU."""
+    """An ONNX Runtime session: CUDA when available (``device`` auto|cpu|cuda), else CPU;
+    ``threads`` intra-op threads, default PyTorch's (one per physical core, or as set),
+    so ONNX and PyTorch models compare on the same cores."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -263,7 +241,7 @@ def make_session(path: Path, device: str = "auto", threads: int | None = None):
     use_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in available)
     providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or default_threads()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -357,7 +335,7 @@ def check_export(source: Tagger, session, sentences: Sequence[Sequence[str]], ex
                                f"{str(e).splitlines()[0][:200]}") from None
         emissions, tags = torch.from_numpy(emissions), torch.from_numpy(tags)
         mask = ref.mask
-        own = source.crf.decode(emissions, mask)
+        own = source.decode(TaggerOutput(emissions, mask))
         bad = ((own != tags) & mask).any(1)
         if bad.any():
             i = int(bad.nonzero()[0])
