@@ -69,6 +69,10 @@ def test_first_run_makes_every_model_and_the_report(tiny_pipeline):
     profile = json.loads((run / "profile.json").read_text(encoding="utf-8"))
     assert profile["profile"]["name"] == "tiny" and profile["profile"]["bilstm"]["epochs"] == 1
     assert profile["dataset"]["max_test"] is None and profile["report_dataset"]["max_test"] == 6
+    from distill.report import resolve_dataset  # `distill report RUN` alone re-uses the run's test data
+
+    assert resolve_dataset(run, None, None) == profile["report_dataset"]
+    assert resolve_dataset(run, None, 3)["max_test"] == 3
     students = {json.loads((run / n / "distill.json").read_text())["meta"]["params"]["alpha"] for n in
                 ("bilstm-crf", "bilstm-crf-kd")}
     assert students == {1.0, 0.5}
