@@ -14,11 +14,13 @@ tensor operation costs its dispatch overhead, not its arithmetic, so the loops o
 time steps do as few operations per step as possible and everything else is done
 once, vectorised over all steps:
 
-* The batch is sorted by length, longest first, so the sentences still running at
-  step t are a prefix of the batch: a step works on that prefix in place, and no
-  ``torch.where`` carries finished sentences along.
-* Viterbi is one add and one max per step, written into preallocated tensors; the
-  backtrace runs over the stacked back-pointers in NumPy.
+* Viterbi runs in NumPy, whose calls on arrays this small cost a fraction of
+  torch's, and from both ends of the sentences at once (meet in the middle), so its
+  loops take half the steps; the backtrace recomputes the one argmax it needs per
+  step instead of storing back-pointers.
+* The forward-backward loops sort the batch by length, longest first, so the
+  sentences still running at step t are a prefix of the batch: a step works on that
+  prefix in place, and no ``torch.where`` carries finished sentences along.
 * log Z, its gradient and the marginals run the forward-backward recursions in
   probability space, in float64, with each alpha_t and beta_t rescaled to sum 1: a
   step is one (n, K) @ (K, K) product, a product with exp(emissions[t]) and a
@@ -41,6 +43,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 REDUCTIONS = ("none", "sum", "mean")
 _TINY = 1e-300
@@ -433,6 +436,7 @@ class _LogPartition(torch.autograd.Function):
         return lattice.log_partition()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         grads = ctx.lattice.log_partition_grads(grad)
         return (None,) + tuple(g.to(dt) if need else None
@@ -449,6 +453,7 @@ class _Marginals(torch.autograd.Function):
         return lattice.order.batch_major(lattice.marginals()).contiguous()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         grads = ctx.lattice.marginal_grads(grad)
         return (None,) + tuple(g.to(dt) if need else None

@@ -46,12 +46,14 @@ def make_pieces(model, sentences: Sequence[Sequence[str]], tag_ids: Sequence[Seq
     """Featurize sentences, splitting any longer than ``model.max_length`` sub-tokens.
 
     Empty sentences give no piece. With ``tag_ids`` each feature also holds ``tags``.
-    ``cache``: None caches inputs of ``CACHE_MIN_SENTENCES`` sentences or more, True
-    always, False never (see :func:`cache_folder`); a model whose featurizer cannot be
-    identified (:func:`featurizer_key`) is never cached.
+    ``cache``: None caches labelled inputs (training data: ``tag_ids`` given) of
+    ``CACHE_MIN_SENTENCES`` sentences or more, True always, False never (see
+    :func:`cache_folder`); a model whose featurizer cannot be identified
+    (:func:`featurizer_key`) is never cached. Text to predict is not cached by
+    default: it is seldom featurized twice, and each file would leave a cache entry.
     """
     if cache is None:
-        cache = len(sentences) >= CACHE_MIN_SENTENCES
+        cache = tag_ids is not None and len(sentences) >= CACHE_MIN_SENTENCES
     path = _cache_path(model, sentences, tag_ids) if cache else None
     if path is not None:
         pieces = _load(path, len(sentences))

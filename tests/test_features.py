@@ -149,6 +149,8 @@ def test_default_caching_kicks_in_for_large_inputs(cache_dir, monkeypatch):
     sentences, tags = corpus(30)
     make_pieces(CountingFeaturizer(), sentences, tags)
     assert len(list(cache_dir.glob("*.pkl"))) == 1
+    make_pieces(CountingFeaturizer(), sentences)  # unlabelled text (prediction): not by default
+    assert len(list(cache_dir.glob("*.pkl"))) == 1
 
 
 @pytest.mark.parametrize("n,batch_size", [(0, 4), (1, 4), (97, 8), (100, 32), (5, 1)])
