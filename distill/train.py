@@ -373,6 +373,7 @@ def train(
         save_checkpoint(ckpt_path, model, optimizer, scheduler, state, acc, identity)
 
     last_ckpt = time.time()
+    last_line = time.time()
     with _StopFlag() as flag, progress_bar(disable=quiet or not main) as bar:
         while state["epoch"] < cfg.epochs and not (cfg.max_steps and state["global_step"] >= cfg.max_steps):
             epoch = state["epoch"]
@@ -420,6 +421,12 @@ def train(
                 state["step_in_epoch"] = b + 1
                 state["tokens_seen"] += n_words
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss'] / sums['n']:.4f}")
+                if main and not quiet and bar.disable and time.time() - last_line > 60:
+                    # no live bar (output is a file or a pipe): a plain line a minute instead
+                    last_line = time.time()
+                    rate = state["tokens_seen"] / max(1e-9, state["train_seconds"] + last_line - epoch_t0)
+                    print(f"epoch {epoch + 1}/{cfg.epochs} step {b + 1}/{len(batches)} "
+                          f"loss {sums['loss'] / sums['n']:.4f} ({rate:,.0f} words/s)", flush=True)
                 if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
                     checkpoint()
                     last_ckpt = time.time()
