@@ -203,7 +203,9 @@ def _viterbi(em: np.ndarray, lengths: np.ndarray, start: np.ndarray, end: np.nda
     position[:, B:] = np.maximum(lengths - 1 - steps, 0)
     sentence = np.concatenate([np.arange(B), np.arange(B)])
     # Tags before columns, (K, W) per step: the add and the max run along rows of W.
-    e = list(np.ascontiguousarray(em[sentence, position].transpose(0, 2, 1)))  # S x (K, W)
+    flat = sentence * T + position  # shape: (S, W), indices into (B * T)
+    e = np.take(em.reshape(B * T, K), flat, axis=0)  # shape: (S, W, K)
+    e = list(np.ascontiguousarray(e.transpose(0, 2, 1)))  # S x (K, W)
     step_trans = np.empty((K, K, W), dtype=dt)  # transitions for the forward columns, transposed for the backward
     step_trans[:, :, :B] = trans[:, :, None]
     step_trans[:, :, B:] = trans.T[:, :, None]
@@ -229,7 +231,7 @@ def _viterbi(em: np.ndarray, lengths: np.ndarray, start: np.ndarray, end: np.nda
     # (unused) tag the column held before.
     by_row = np.ascontiguousarray(scores.transpose(0, 2, 1))  # shape: (S, W, K)
     by_row[f - 1, rows, left] = np.inf
-    by_row[c[two] - 1, B + rows[two], right[two]] = np.inf
+    by_row[np.maximum(c - 1, 0), B + rows, right] = np.inf  # (for L = 1 an unused column)
     table = np.stack([trans.T, trans])  # table[0, j] = transitions[:, j]; table[1, i] = transitions[i, :]
     half = np.repeat([0, 1], B)
     path = np.empty((S, W), dtype=np.int64)
@@ -239,10 +241,11 @@ def _viterbi(em: np.ndarray, lengths: np.ndarray, start: np.ndarray, end: np.nda
         x = table[half, tag[s]]
         x += by_row[s - 1]
         np.argmax(x, axis=1, out=tag[s - 1])
-    used = np.hstack([steps < f, steps < c])  # shape: (S, W)
-    tags = np.full((B, T), pad, dtype=np.int64)
-    tags[np.broadcast_to(sentence, (S, W))[used], position[used]] = path[used]
-    return tags
+    # Each real position is one used (step, column); the rest write to a spare last slot.
+    used = steps < np.concatenate([f, c])  # shape: (S, W)
+    tags = np.full(B * T + 1, pad, dtype=np.int64)
+    tags[np.where(used, flat, B * T)] = path
+    return tags[:-1].reshape(B, T)
 
 
 class _Order:
