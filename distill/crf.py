@@ -88,14 +88,15 @@ class CRF(nn.Module):
         """The unnormalised score of ``tags``, shape (B,) float64: start + emissions +
         transitions + end."""
         K = self.num_tags
-        mask_f = mask.to(torch.float64)
         tags = tags.masked_fill(~mask, 0)
-        emit = emissions.gather(2, tags.unsqueeze(2)).squeeze(2).double()  # shape: (B, T)
+        # masked_fill, not a product with the mask: whatever sits at padding (even inf) adds 0
+        emit = emissions.gather(2, tags.unsqueeze(2)).squeeze(2).double().masked_fill(~mask, 0.0)  # shape: (B, T)
         trans = self.transitions.reshape(-1)[tags[:, :-1] * K + tags[:, 1:]].double()  # shape: (B, T - 1)
+        trans = trans.masked_fill(~mask[:, 1:], 0.0)
         last_index = torch.from_numpy(lengths - 1).to(tags.device).unsqueeze(1)
         last = tags.gather(1, last_index).squeeze(1)  # shape: (B,)
         ends = self.start_transitions[tags[:, 0]] + self.end_transitions[last]  # shape: (B,)
-        return ends.double() + (emit * mask_f).sum(1) + (trans * mask_f[:, 1:]).sum(1)
+        return ends.double() + emit.sum(1) + trans.sum(1)
 
     def log_partition(self, emissions: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
         """log Z per sentence, shape (B,), of the CRF over ``emissions / temperature``
@@ -299,7 +300,10 @@ class _Lattice:
         with torch.no_grad():
             T = emissions.size(1)
             self.order = _Order(lengths, T).to(emissions.device)
-            e = self.order.time_major(emissions.detach().to(dt))  # shape: (T, B, K)
+            B = emissions.size(0)
+            self.valid = torch.arange(T, device=emissions.device).unsqueeze(1) < self.order.lengths_t  # shape: (T, B)
+            # Padding is never part of a path; zeroing it keeps any value there (even inf) out.
+            e = self.order.time_major(emissions.detach().to(dt)).masked_fill(~self.valid.unsqueeze(2), 0.0)
             self.shift = e.amax(2)  # shape: (T, B)
             self.emit = (e - self.shift.unsqueeze(2)).exp_()  # shape: (T, B, K)
             self.underflow = bool((self.emit == 0).any())
@@ -309,8 +313,6 @@ class _Lattice:
             self.exp_start, self.exp_end = (start - start.max()).exp(), (end - end.max()).exp()
             self.trans = (trans - self.t_max).exp()
             self.trans_t = self.trans.t().contiguous()
-            B = e.size(1)
-            self.valid = torch.arange(T, device=e.device).unsqueeze(1) < self.order.lengths_t  # shape: (T, B)
             self.last = (self.order.lengths_t - 1, torch.arange(B, device=e.device))  # index of each last position
         self.alphas = self.betas = None
 

@@ -262,3 +262,19 @@ def test_bad_input_raises(bad):
     if bad != "tags":
         with pytest.raises(ValueError):
             crf.decode(emissions, mask)
+
+
+def test_values_at_padding_are_ignored():
+    """Whatever a model leaves at padded positions (even inf or nan) changes nothing."""
+    torch.manual_seed(6)
+    crf = CRF(5).double()
+    emissions, mask, tags, lengths = random_batch(15, B=6, T=9, num_tags=5, dtype=torch.float64)
+    clean = emissions.masked_fill(~mask.unsqueeze(2), 0.0)
+    for junk in (float("inf"), float("nan"), -1e30):
+        dirty = emissions.masked_fill(~mask.unsqueeze(2), junk)
+        assert torch.equal(crf.decode(dirty, mask), crf.decode(clean, mask))
+        assert torch.allclose(crf.log_likelihood(dirty, tags, mask), crf.log_likelihood(clean, tags, mask))
+        assert torch.allclose(crf.marginals(dirty, mask, 2.0), crf.marginals(clean, mask, 2.0))
+        e = dirty.clone().requires_grad_()
+        crf(e, tags, mask).backward()
+        assert torch.isfinite(e.grad).all() and (e.grad[~mask] == 0).all()
