@@ -203,7 +203,7 @@ def test_full_profile_reuses_a_teacher_from_distill_teacher_train(tmp_path, tiny
 
 
 def test_profiles_are_validated():
-    with pytest.raises(DistillError, match="unknown profile 'fast'; expected one of quick, full"):
+    with pytest.raises(DistillError, match="unknown profile 'fast'; expected one of quick, cpu, full"):
         get_profile("fast")
     with pytest.raises(ValueError, match="alpha"):
         tiny_profile(alpha=1.0)
