@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory, tiny_teacher, tiny_backbone, tiny_dataset_kwargs)
     shutil.copy(scratch / "train_log.jsonl", run / "students" / "small" / "train_log.jsonl")
     # not models: a training work folder and an emissions folder (even with a distill.json inside)
     for junk in (run / "teacher.work", run / "teacher" / "emissions-train"):
-        junk.mkdir()
+        junk.mkdir(exist_ok=True)  # other tests may have emitted into the shared tiny teacher already
         shutil.copy(run / "teacher" / "distill.json", junk / "distill.json")
     from quantize.api import quantize
 

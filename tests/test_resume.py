@@ -218,14 +218,14 @@ def test_model_save_is_all_or_nothing(teacher_copy, monkeypatch):
     from distill.modeling import load_model
 
     model = load_model(teacher_copy)
-    before = {p.name: p.read_bytes() for p in teacher_copy.iterdir()}
+    before = {p.name: p.read_bytes() for p in teacher_copy.iterdir() if p.is_file()}
 
     def fail(folder):
         raise OSError("disk full")
     monkeypatch.setattr(model, "save_extra", fail)
     with pytest.raises(OSError):
         model.save(teacher_copy)
-    assert {p.name: p.read_bytes() for p in teacher_copy.iterdir()} == before  # the old folder, untouched
+    assert {p.name: p.read_bytes() for p in teacher_copy.iterdir() if p.is_file()} == before  # the old folder, untouched
     assert [p.name for p in teacher_copy.parent.iterdir() if p.name.startswith(".")] == []
 
 
