@@ -110,3 +110,13 @@ class Table:
         line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
         out = [self.title, line(rows[0]), "  ".join("-" * w for w in widths)]
         return "\n".join(out + [line(r) for r in rows[1:]])
+
+
+def finish(table: Table, *header: str) -> int:
+    """Print the header lines and the table; the exit code: 1 when a target was missed."""
+    print("\n".join(header))
+    print(table.render())
+    if table.failed:
+        print(f"missed: {', '.join(table.failed)}")
+        return 1
+    return 0

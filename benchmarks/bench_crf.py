@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from _common import Table, interleaved, machine
+from _common import Table, finish, interleaved, machine
 
 
 def naive_marginals(crf, emissions, mask):
@@ -163,13 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     table = run(args.batch, args.length, args.tags, args.rounds, args.clock)
-    print("\n".join(machine(["pytorch-crf", "numpy"])))
-    print("masks: " + "; ".join(f"{k}: {v}" for k, v in MASKS.items()))
-    print(table.render())
-    if table.failed:
-        print(f"missed: {', '.join(table.failed)}")
-        return 1
-    return 0
+    return finish(table, *machine(["pytorch-crf", "numpy"]),
+                  "masks: " + "; ".join(f"{k}: {v}" for k, v in MASKS.items()))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import Table, machine  # noqa: E402
+from _common import Table, finish, machine  # noqa: E402
 
 
 def reference_encode_words(tokenizer, sentences):
@@ -113,15 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     student = BiLSTMTagger(build_vocabulary(sentences), ds.labels)
     waste_rows(table, "BiLSTM student", make_pieces(student, sentences, tag_ids, cache=False), "words", args.batch_size)
 
-    print("\n".join(machine(["transformers", "tokenizers"])))
-    print(f"data: {len(sentences)} sentences, {n_chars} characters; load {load_s:.1f} s; "
-          f"build_teacher (vocabulary extension to {len(model.tokenizer)} tokens) {build_s:.1f} s; "
-          f"pieces {len(cold)}; wall-clock times (single runs) on a shared machine")
-    print(table.render())
-    if table.failed:
-        print(f"missed: {', '.join(table.failed)}")
-        return 1
-    return 0
+    return finish(table, *machine(["transformers", "tokenizers"]),
+                  f"data: {len(sentences)} sentences, {n_chars} characters; load {load_s:.1f} s; "
+                  f"build_teacher (vocabulary extension to {len(model.tokenizer)} tokens) {build_s:.1f} s; "
+                  f"pieces {len(cold)}; wall-clock times (single runs) on a shared machine")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import Table, machine  # noqa: E402
+from _common import Table, finish, machine  # noqa: E402
 
 TARGET_PER_MINUTE = 50_000
 
@@ -183,13 +183,7 @@ def main(argv: list[str] | None = None) -> int:
              "predict stages (one run):", *predict_stages(args.model, lines, args.batch_size)]
     if not args.skip_teacher:
         notes += teacher_vs_pipeline(table, ds, args.teacher_sentences, args.teacher_batch_size, args.rounds)
-    print("\n".join(machine(["transformers", "onnxruntime", "numpy"])))
-    print("\n".join(notes))
-    print(table.render())
-    if table.failed:
-        print(f"missed: {', '.join(table.failed)}")
-        return 1
-    return 0
+    return finish(table, *machine(["transformers", "onnxruntime", "numpy"]), *notes)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,12 @@ class Emissions:
     def __getitem__(self, i: int) -> np.ndarray:
         return self.data[self.offsets[i] : self.offsets[i + 1]]
 
+    def attach(self, pieces) -> None:
+        """Give each training piece its slice of the teacher emissions as ``feature["teacher_emissions"]``
+        (collated into ``batch["teacher_emissions"]`` by :func:`distill.modeling.collate_extras`)."""
+        for p in pieces:
+            p.feature["teacher_emissions"] = np.array(self[p.sentence][p.start : p.end], dtype=np.float16)
+
     def check(self, corpus: Corpus, labels: Sequence[str]) -> None:
         """Refuse emissions made for other sentences or another label set."""
         if list(labels) != self.labels:
@@ -166,3 +172,17 @@ def emit(*, model: str | Path, dataset: dict, out: str | Path | None = None, bat
         write(folder, per_sentence, teacher.labels, corpus, transitions, {"teacher": str(model)})
     state.wait_for_everyone()
     return folder
+
+
+def for_training(*, teacher: str | Path, dataset: dict, corpus: Corpus, labels: Sequence[str],
+                 folder: str | Path | None = None, quiet: bool = False) -> Emissions:
+    """The teacher's emissions for ``corpus`` (default folder ``TEACHER/emissions-train``),
+    written first when the folder does not exist, and refused when made for other data or labels."""
+    folder = Path(folder) if folder is not None else default_folder(teacher)
+    if not folder.exists():
+        if not quiet:
+            print(f"no teacher emissions at {folder}; computing them now")
+        emit(model=teacher, dataset=dataset, out=folder, quiet=quiet)
+    em = Emissions(folder)
+    em.check(corpus, labels)
+    return em

@@ -188,6 +188,15 @@ def check_sentences(meta: dict[str, Any], dataset: dict[str, Any] | None, n: int
 
 
 @torch.inference_mode()
+def describe_check(check: dict[str, Any] | None, precise: bool = False) -> str:
+    """The saved-model message's tail for a :func:`compare` result ('' when none was made)."""
+    if not check:
+        return ""
+    diff = f"{check['max_abs_diff']:.2e}" if precise else f"{check['max_abs_diff']:.4f}"
+    return (f"; on {check['sentences']} dev sentences: max |emission diff| {diff}, "
+            f"tags agree {check['tag_agreement']:.2%}")
+
+
 def compare(reference: Tagger, other, sentences: Sequence[Sequence[str]], batch_size: int = 32) -> dict[str, Any]:
     """Max abs emission difference (real words only) and share of identical decoded tags
     between a PyTorch ``reference`` and a compressed model with a ``forward``."""

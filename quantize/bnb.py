@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from quantize import CompressedTagger, build_skeleton, check_sentences, compare, derived_meta, load_source, output_folder, write_model_folder
+from quantize import CompressedTagger, build_skeleton, check_sentences, describe_check, compare, derived_meta, load_source, output_folder, write_model_folder
 
 WEIGHTS = "model.bnb8.safetensors"
 DEVICES = ("auto", "cpu", "cuda")
@@ -128,8 +128,5 @@ def quantize_bnb8(*, model: Path, out: Path | None = None, threshold: float = 6.
     write_model_folder(out, kind=Bnb8Tagger.kind, source=source, meta=meta,
                        write_weights=lambda tmp: save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"}))
     if not quiet:
-        c = meta.get("check")
-        print(f"bnb8 model ({len(layers)} Linear8bitLt layers, {device}) saved to {out}"
-              + (f"; on {c['sentences']} dev sentences: max |emission diff| {c['max_abs_diff']:.4f}, "
-                 f"tags agree {c['tag_agreement']:.2%}" if c else ""))
+        print(f"bnb8 model ({len(layers)} Linear8bitLt layers, {device}) saved to {out}{describe_check(meta.get('check'))}")
     return out

@@ -20,7 +20,7 @@ import torch
 
 from distill.errors import DistillError
 from distill.modeling import Tagger
-from quantize import CompressedTagger, build_skeleton, check_sentences, compare, derived_meta, load_source, output_folder, write_model_folder
+from quantize import CompressedTagger, build_skeleton, check_sentences, describe_check, compare, derived_meta, load_source, output_folder, write_model_folder
 
 DEVICES = ("cuda", "cpu")
 
@@ -76,8 +76,5 @@ def quantize_fp16(*, model: Path, out: Path | None = None, device: str = "cuda",
     write_model_folder(out, kind=HalfTagger.kind, source=source, meta=meta,
                        write_weights=lambda tmp: save_model(half, str(tmp / "model.safetensors")))
     if not quiet:
-        c = meta.get("check")
-        print(f"fp16 model saved to {out}"
-              + (f"; on {c['sentences']} dev sentences ({device}): max |emission diff| {c['max_abs_diff']:.4f}, "
-                 f"tags agree {c['tag_agreement']:.2%}" if c else ""))
+        print(f"fp16 model ({device}) saved to {out}{describe_check(meta.get('check'))}")
     return out

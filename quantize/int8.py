@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
-from quantize import CompressedTagger, build_skeleton, check_sentences, compare, derived_meta, load_source, output_folder, write_model_folder
+from quantize import CompressedTagger, build_skeleton, check_sentences, describe_check, compare, derived_meta, load_source, output_folder, write_model_folder
 
 WEIGHTS = "model.int8.safetensors"
 SCHEMES = ("per-channel", "per-tensor")
@@ -203,8 +203,4 @@ def quantize_int8(*, model: Path, out: Path | None = None, scheme: str = "per-ch
 
 
 def _report(out: Path, meta: dict) -> None:
-    c = meta.get("check")
-    line = f"int8 model ({meta['quantized_layers']} layers quantized) saved to {out}"
-    if c:
-        line += f"; on {c['sentences']} dev sentences: max |emission diff| {c['max_abs_diff']:.4f}, tags agree {c['tag_agreement']:.2%}"
-    print(line)
+    print(f"int8 model ({meta['quantized_layers']} layers quantized) saved to {out}{describe_check(meta.get('check'))}")

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from distill.crf import CRF
 from distill.errors import DistillError
 from distill.modeling import Tagger, TaggerOutput
-from quantize import build_skeleton, check_sentences, derived_meta, load_source, output_folder, write_model_folder
+from quantize import build_skeleton, check_sentences, describe_check, derived_meta, load_source, output_folder, write_model_folder
 
 ONNX_FILE = "model.onnx"
 INPUTS = {"bert-crf": ("input_ids", "attention_mask", "word_index", "word_mask"), "bilstm-crf": ("input_ids", "word_mask")}
@@ -391,9 +391,8 @@ def _export(model: Path, out: Path | None, int8: bool, dataset: dict | None, che
 
     write_model_folder(out, kind=OnnxTagger.kind, source=source, meta=meta, write_weights=write)
     if not quiet:
-        c = meta["check"]
-        print(f"{method} model saved to {out} ({meta['onnx_bytes'] / 2**20:.1f} MiB); on {c['sentences']} dev sentences: "
-              f"max |emission diff| {c['max_abs_diff']:.2e}, tags agree {c['tag_agreement']:.2%}")
+        print(f"{method} model saved to {out} ({meta['onnx_bytes'] / 2**20:.1f} MiB)"
+              f"{describe_check(meta['check'], precise=True)}")
     return out
 
 

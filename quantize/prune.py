@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from distill.errors import DistillError
 from distill.modeling import META_FILE, Tagger
-from quantize import check_sentences, dataset_of, derived_meta, load_source, output_folder
+from quantize import dataset_of, derived_meta, load_source, output_folder
 
 PRUNE_METHODS = ("magnitude", "heads")
 
@@ -229,7 +229,6 @@ def _count(model: nn.Module) -> int:
 def _finetune(model: Tagger, masks, cfg: PruneConfig, ds, out: Path, teacher: Path | None, dataset: dict,
               extra_meta: dict, quiet: bool) -> dict:
     """A short fine-tune with :func:`distill.train.train` (NLL, or KD from ``teacher``)."""
-    import numpy as np
 
     from distill.train import TrainConfig, default_loss, train
 
@@ -242,23 +241,13 @@ def _finetune(model: Tagger, masks, cfg: PruneConfig, ds, out: Path, teacher: Pa
                             seed=src.get("seed", 13))
     loss_fn, extra_features, how = default_loss, None, "gold tags (CRF NLL)"
     if teacher is not None:
-        from distill.emissions import Emissions, default_folder, emit
+        from distill.emissions import for_training
         from distill.kd import DistillationLoss, KDConfig, teacher_crf
 
-        folder = default_folder(teacher)
-        if not folder.exists():
-            if not quiet:
-                print(f"no teacher emissions at {folder}; computing them now")
-            emit(model=teacher, dataset=dataset, out=folder, quiet=quiet)
-        em = Emissions(folder)
-        em.check(ds.train, ds.labels)
+        em = for_training(teacher=teacher, dataset=dataset, corpus=ds.train, labels=ds.labels, quiet=quiet)
         kd_cfg = KDConfig(alpha=cfg.alpha, temperature=cfg.temperature, kd="emission")
         loss_fn = DistillationLoss(kd_cfg, teacher_crf=teacher_crf(em.meta.get("transitions"), len(ds.labels)))
-
-        def extra_features(pieces, em=em):
-            for p in pieces:
-                p.feature["teacher_emissions"] = np.array(em[p.sentence][p.start : p.end], dtype=np.float16)
-
+        extra_features = em.attach
         how = f"KD from {teacher} (alpha {cfg.alpha}, T {cfg.temperature}, emission KL)"
     hooks = keep_pruned(masks)
     try:

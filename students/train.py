@@ -95,20 +95,6 @@ def _check_teacher(teacher: Path | None, arch: str, kd_cfg, init_embeddings: boo
         raise DistillError("--teacher is required for --init-embeddings")
 
 
-def _teacher_emissions(*, teacher: Path, folder: Path | None, dataset: dict, corpus, labels, quiet: bool):
-    """The teacher's training-set emissions, written first if the folder does not exist."""
-    from distill.emissions import Emissions, default_folder, emit
-
-    folder = Path(folder) if folder is not None else default_folder(teacher)
-    if not folder.exists():
-        if not quiet:
-            print(f"no teacher emissions at {folder}; computing them now")
-        emit(model=teacher, dataset=dataset, out=folder, quiet=quiet)
-    em = Emissions(folder)
-    em.check(corpus, labels)
-    return em
-
-
 def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", dataset: dict,
                   alpha: float = 0.5, temperature: float = 4.0, kd: str = "emission", hidden_weight: float = 0.0,
                   emissions: Path | None = None, num_layers: int = 3, layers: list[int] | None = None,
@@ -128,7 +114,6 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
     ``init_embeddings`` (start from the teacher's input embeddings, PCA-projected).
     ``train_config`` None: the per-architecture defaults (:data:`DEFAULT_TRAIN`).
     """
-    import numpy as np
     import torch
 
     from distill.data import load_dataset
@@ -172,15 +157,14 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
     if kd_cfg.alpha < 1 or kd_cfg.hidden_weight > 0:
         crf = None
         if kd_cfg.alpha < 1:
-            em = _teacher_emissions(teacher=teacher, folder=emissions, dataset=dataset, corpus=ds.train,
-                                    labels=ds.labels, quiet=quiet)
+            from distill.emissions import for_training
+
+            em = for_training(teacher=teacher, folder=emissions, dataset=dataset, corpus=ds.train,
+                              labels=ds.labels, quiet=quiet)
             crf = teacher_crf(em.meta.get("transitions"), len(ds.labels))
             if crf is None and kd_cfg.kd != "emission":
                 raise DistillError(f"{em.folder}: the teacher has no CRF, so --kd {kd_cfg.kd} is impossible; use --kd emission")
-
-            def extra_features(pieces, em=em):
-                for p in pieces:
-                    p.feature["teacher_emissions"] = np.array(em[p.sentence][p.start : p.end], dtype=np.float16)
+            extra_features = em.attach
 
         pairs = None
         if kd_cfg.hidden_weight > 0:

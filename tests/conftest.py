@@ -15,6 +15,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 RESOURCES = Path(__file__).parent / "resources"
 
 
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run the real ``distill`` entry point in-process, as a user would; returns
+    ``run(argv) -> (exit status, non-blank stderr lines)`` and checks no traceback was shown."""
+    import sys
+
+    from distill.cli import main
+
+    def run(argv: list[str]) -> tuple[int, list[str]]:
+        monkeypatch.setattr(sys, "argv", ["distill", *argv])
+        monkeypatch.delenv("DISTILL_DEBUG", raising=False)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main()
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return e.value.code, [line for line in err.splitlines() if line.strip()]
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def resources() -> Path:
     return RESOURCES

@@ -5,7 +5,6 @@ sparsity kept through a fine-tune, and the CLI's one-line errors."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -179,17 +178,6 @@ def test_finetune_keeps_the_sparsity(tiny_teacher, tmp_path):
 # --- errors --------------------------------------------------------------------
 
 
-def _cli(argv, monkeypatch, capsys):
-    from distill.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["distill", *argv])
-    monkeypatch.delenv("DISTILL_DEBUG", raising=False)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return e.value.code, [l for l in err.splitlines() if l.strip()]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -198,15 +186,15 @@ def _cli(argv, monkeypatch, capsys):
     (["--method", "random"], "error: unknown pruning method 'random'; expected one of magnitude, heads"),
     (["--teacher", "{model}"], "error: --teacher is used by the fine-tune; give --finetune-epochs N (>= 1) too"),
 ])
-def test_cli_bad_options_are_one_line(tiny_teacher, tmp_path, monkeypatch, capsys, args, message):
+def test_cli_bad_options_are_one_line(tiny_teacher, tmp_path, run_cli, args, message):
     args = [a.replace("{model}", str(tiny_teacher)) for a in args]
-    code, lines = _cli(["prune", str(tiny_teacher), "--out", str(tmp_path / "out"), *args], monkeypatch, capsys)
+    code, lines = run_cli(["prune", str(tiny_teacher), "--out", str(tmp_path / "out"), *args])
     assert code == 1 and lines == [message]
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_heads_needs_bert_and_a_model_folder(tiny_bilstm, tmp_path, monkeypatch, capsys):
-    code, lines = _cli(["prune", str(tiny_bilstm), "--method", "heads", "--out", str(tmp_path / "o")], monkeypatch, capsys)
+def test_cli_heads_needs_bert_and_a_model_folder(tiny_bilstm, tmp_path, run_cli):
+    code, lines = run_cli(["prune", str(tiny_bilstm), "--method", "heads", "--out", str(tmp_path / "o")])
     assert code == 1 and len(lines) == 1 and "needs a BERT model" in lines[0]
-    code, lines = _cli(["prune", str(tmp_path / "nothing")], monkeypatch, capsys)
+    code, lines = run_cli(["prune", str(tmp_path / "nothing")])
     assert code == 1 and lines == [f"error: {tmp_path / 'nothing'}: no such model folder"]

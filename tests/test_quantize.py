@@ -160,37 +160,26 @@ def test_api_errors(tiny_teacher, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def _cli(argv, monkeypatch, capsys) -> tuple[int, list[str]]:
-    from distill.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["distill", *argv])
-    monkeypatch.delenv("DISTILL_DEBUG", raising=False)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return e.value.code, [l for l in err.splitlines() if l.strip()]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
-def test_cli_fp16_without_cuda_is_one_line(tiny_teacher, tmp_path, monkeypatch, capsys):
-    code, lines = _cli(["quantize", "fp16", str(tiny_teacher), "--out", str(tmp_path / "fp16")], monkeypatch, capsys)
+def test_cli_fp16_without_cuda_is_one_line(tiny_teacher, tmp_path, run_cli):
+    code, lines = run_cli(["quantize", "fp16", str(tiny_teacher), "--out", str(tmp_path / "fp16")])
     assert code == 1 and len(lines) == 1
     assert lines[0].startswith("error: fp16 is for GPU inference and no CUDA GPU is available")
     assert not (tmp_path / "fp16").exists()
 
 
-def test_cli_not_a_model_and_already_quantized(tiny_teacher, tmp_path, monkeypatch, capsys):
+def test_cli_not_a_model_and_already_quantized(tiny_teacher, tmp_path, run_cli):
     (tmp_path / "empty").mkdir()
-    code, lines = _cli(["quantize", "int8", str(tmp_path / "empty")], monkeypatch, capsys)
+    code, lines = run_cli(["quantize", "int8", str(tmp_path / "empty")])
     assert code == 1 and lines == [f"error: {tmp_path / 'empty'}: not a distill model folder (distill.json missing)"]
 
     from quantize.api import quantize
 
     int8 = quantize(method="int8", model=tiny_teacher, out=tmp_path / "int8", check=0, quiet=True)
     for method in ("int8", "onnx", "bnb8"):
-        code, lines = _cli(["quantize", method, str(int8), "--out", str(tmp_path / "again")], monkeypatch, capsys)
+        code, lines = run_cli(["quantize", method, str(int8), "--out", str(tmp_path / "again")])
         assert code == 1 and len(lines) == 1
         assert lines[0].startswith(f"error: {int8}: is a 'torch-int8' model, already compressed")
     assert not (tmp_path / "again").exists()
