@@ -48,6 +48,14 @@ class TaggerOutput:
     hidden_states: tuple[Tensor, ...] | None = None
 
 
+def save_weights(module: nn.Module, path: str | Path) -> None:
+    """``module``'s state dict as a safetensors file, each tensor its own CPU copy: on a GPU,
+    cuDNN keeps an LSTM's weights as views of one flat buffer, which safetensors refuses."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}, str(path))
+
+
 class Tagger(nn.Module):
     """Base of all PyTorch taggers: a featurizer, an encoder giving word-level
     emissions, and a CRF (or a softmax when ``crf`` is None).
@@ -130,11 +138,9 @@ class Tagger(nn.Module):
 
     def save(self, folder: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
         """Write the model folder atomically (a reader never sees a partial one)."""
-        from safetensors.torch import save_model
-
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
-            save_model(self, str(tmp / "model.safetensors"))
+            save_weights(self, tmp / "model.safetensors")
             self.save_extra(tmp)
             meta = dict(self.meta, **(extra_meta or {}))
             write_json(tmp / META_FILE, {

@@ -1,10 +1,12 @@
 """``distill run RUN_DIR``: the whole pipeline in one command, resumable step by step.
 
-teacher -> emissions -> students (BiLSTM-CRF and 3-layer BERT, each distilled with
+[language-adaptive MLM pretraining of the backbone, when the profile asks for it and the
+teacher's vocabulary is extended on the data] -> teacher -> emissions -> students (BiLSTM-CRF and 3-layer BERT, each distilled with
 alpha/T and trained on gold tags alone) -> int8 / ONNX int8 (fp16 and bitsandbytes
 8-bit on a GPU) -> magnitude pruning -> the comparison report. Layout::
 
     RUN_DIR/profile.json            the settings of the profile that ran
+    RUN_DIR/backbone-adapted        (profile full) the backbone after `distill teacher adapt`
     RUN_DIR/teacher                 (+ teacher/emissions-train)
     RUN_DIR/bilstm-crf, bilstm-crf-kd, bert-small, bert-small-kd
     RUN_DIR/<model>-int8, <model>-onnx-int8, teacher-prune50
@@ -27,11 +29,14 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from distill.errors import DistillError
 from distill.fileio import write_json
 from distill.train import TrainConfig
+
+if TYPE_CHECKING:
+    from teachers.adapt import AdaptConfig
 
 QUANTIZE_METHODS = ("int8", "onnx", "onnx-int8", "bnb8", "fp16")
 GPU_METHODS = ("bnb8", "fp16")
@@ -53,6 +58,9 @@ class Profile:
     max_train: int | None = None
     max_dev: int | None = None
     max_test: int | None = None
+    # MLM pretraining of the backbone before the teacher (`distill teacher adapt`); None: off.
+    # Runs only when the vocabulary extension adds tokens for the training data.
+    adapt: AdaptConfig | None = None
     teacher: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, embedding_lr=2e-3))
     bilstm: TrainConfig = field(default_factory=lambda: _student_config("bilstm-crf"))
     bert_small: TrainConfig = field(default_factory=lambda: _student_config("bert-small"))
@@ -110,9 +118,16 @@ def cpu_profile() -> Profile:
 
 
 def full_profile() -> Profile:
-    """The whole MSRA training set and test set: for a GPU or a long CPU run. Its teacher
-    settings are exactly `distill teacher train --epochs 2`, so such a teacher is reused."""
-    return Profile(name="full", teacher=TrainConfig(epochs=2, embedding_lr=2e-3),
+    """The whole MSRA training set and test set: for a GPU (minutes) or a long CPU run (hours).
+    The teacher recipe that won in benchmarks/margin.sh: three MLM epochs over the training
+    text (the embeddings and MLM head alone for the first 300 steps), then three epochs of
+    NER. The same as `distill teacher adapt --epochs 3 --embeddings-only-steps 300 --out
+    RUN_DIR/backbone-adapted` and `distill teacher train --epochs 3 --backbone
+    RUN_DIR/backbone-adapted --out RUN_DIR/teacher`, whose outputs are reused."""
+    from teachers.adapt import AdaptConfig
+
+    return Profile(name="full", adapt=AdaptConfig(epochs=3, embeddings_only_steps=300),
+                   teacher=TrainConfig(epochs=3, embedding_lr=2e-3),
                    bilstm=_student_config("bilstm-crf", epochs=12),
                    bert_small=_student_config("bert-small", epochs=2),
                    quantize=("teacher",) + STUDENTS, prune=(("magnitude", 0.5), ("heads", 0.5)),
@@ -130,6 +145,7 @@ def get_profile(name: str) -> Profile:
 
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 BOOKKEEPING = ("checkpoint_minutes", "checkpoint_every")  # TrainConfig fields that do not change the model
+ADAPTED = "backbone-adapted"
 
 
 def _config_key(cfg: TrainConfig) -> dict[str, Any]:
@@ -218,22 +234,58 @@ def normalise_dataset(dataset: dict | None, profile: Profile) -> tuple[dict, dic
     return dict(base, max_test=None), base
 
 
+def extends_vocabulary(backbone: str | None, train_ds: dict) -> bool:
+    """Whether the teacher's vocabulary extension adds tokens for this backbone and data."""
+    from distill.data import load_dataset
+    from teachers.bert_crf import default_backbone, load_tokenizer, words_to_add
+
+    return bool(words_to_add(load_tokenizer(backbone or default_backbone()), load_dataset(**train_ds).train.tokens)[1])
+
+
+def _finished(adapted: Path) -> str | None:
+    """The ``finished`` stamp of an adapted backbone folder (None when it is not one)."""
+    try:
+        return json.loads((adapted / "adapt.json").read_text(encoding="utf-8")).get("finished")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, backbone: str | None,
-         cuda: bool, threads: int | None, quiet: bool) -> list[Step]:
-    """The pipeline's steps, in order."""
+         cuda: bool, threads: int | None, quiet: bool, adapt: bool = False) -> list[Step]:
+    """The pipeline's steps, in order (``adapt``: start with the profile's MLM adaptation)."""
     teacher = run_dir / "teacher"
     emissions = teacher / "emissions-train"
+    adapted = run_dir / ADAPTED
     steps: list[Step] = []
+    if adapt:
+        adapt_cfg = profile.adapt
+        assert adapt_cfg is not None
+
+        def run_adapt(resume: bool):
+            from teachers.adapt import adapt_backbone
+
+            return adapt_backbone(out=adapted, backbone=backbone, dataset=train_ds, config=adapt_cfg, resume=resume,
+                                  quiet=quiet)
+
+        steps.append(Step("adapt", "adapt the backbone (masked-language-model pretraining on the training text)",
+                          adapted, "adapt.json", lambda: _plain({
+                              "backbone": backbone, "dataset": train_ds,
+                              "config": {k: v for k, v in asdict(adapt_cfg).items() if k != "checkpoint_every"}}),
+                          run_adapt, trains=True))
+    teacher_backbone = str(adapted) if adapt else backbone
 
     def run_teacher(resume: bool):
         from teachers.train import train_teacher
 
-        return train_teacher(out=teacher, dataset=train_ds, backbone=backbone, head="crf", extend_vocab=True,
+        return train_teacher(out=teacher, dataset=train_ds, backbone=teacher_backbone, head="crf", extend_vocab=True,
                              train_config=profile.teacher, resume=resume, quiet=quiet)
 
-    steps.append(Step("teacher", "teacher (BERT-CRF)", teacher, "distill.json",
-                      lambda: teacher_params(backbone=backbone, dataset=train_ds, cfg=profile.teacher),
-                      run_teacher, trains=True))
+    def params_of_teacher():
+        params = teacher_params(backbone=teacher_backbone, dataset=train_ds, cfg=profile.teacher)
+        return dict(params, backbone_finished=_finished(adapted)) if adapt else params
+
+    steps.append(Step("teacher", "teacher (BERT-CRF)", teacher, "distill.json", params_of_teacher, run_teacher,
+                      trains=True))
 
     def run_emit(resume: bool):
         from distill.emissions import emit
@@ -334,11 +386,13 @@ def run_pipeline(*, run_dir: str | Path, profile: str | Profile = "quick", datas
     run_dir.mkdir(parents=True, exist_ok=True)
     train_ds, report_ds = normalise_dataset(dataset, prof)
     cuda = torch.cuda.is_available()
+    adapt = prof.adapt is not None and extends_vocabulary(backbone, train_ds)
     steps = plan(run_dir=run_dir, profile=prof, train_ds=train_ds, report_ds=report_ds, backbone=backbone,
-                 cuda=cuda, threads=threads, quiet=quiet)
+                 cuda=cuda, threads=threads, quiet=quiet, adapt=adapt)
     write_json(run_dir / "profile.json", {
         "profile": asdict(prof), "dataset": train_ds, "report_dataset": report_ds, "backbone": backbone,
         "cuda": cuda, "gpu_methods": list(prof.gpu_methods) if cuda else "skipped: no CUDA GPU",
+        "adapt": adapt if prof.adapt is not None else "off in this profile",
         "steps": [s.name for s in steps]})
     console = Console(stderr=True, quiet=quiet)
     records = StepRecords(run_dir)
@@ -348,6 +402,8 @@ def run_pipeline(*, run_dir: str | Path, profile: str | Profile = "quick", datas
         params = step.params()
         if step.name == "teacher" and not records.is_done(step, params):
             _adopt_teacher(step, params, records, console)
+        if step.name == "adapt" and not records.is_done(step, params):
+            _adopt_adapted(step, params, records, console)
         if records.is_done(step, params):
             console.print("  skipped: already done with these settings")
             summary.append({"step": step.name, "status": "skipped"})
@@ -406,6 +462,7 @@ def _teacher_params_match(folder: Path, params: dict) -> bool:
     if not isinstance(recorded, dict) or not isinstance(recorded.get("train_config"), dict):
         return False
     rec, want = dict(recorded), dict(params)
+    want.pop("backbone_finished", None)  # the pipeline's own record of which adapted backbone it was
     try:
         rec_cfg = _config_key(TrainConfig(**{k: v for k, v in rec.pop("train_config").items() if k in TRAIN_FIELDS}))
     except (TypeError, ValueError):
@@ -415,8 +472,35 @@ def _teacher_params_match(folder: Path, params: dict) -> bool:
 
 
 def _adopt_teacher(step: Step, params: dict, records: StepRecords, console) -> None:
-    """Take over a teacher trained by hand with the same settings (and finished) as this step's output."""
+    """Take over a teacher trained by hand with the same settings (and finished) as this step's output,
+    and after the adapted backbone it starts from, if any, was made."""
+    adapted = params.get("backbone_finished")
+    if adapted and (_saved(step.output) or "") < adapted:  # ISO stamps: trained from an older adaptation
+        return
     if _teacher_params_match(step.output, params) and _training_finished(step.output) is not False:
         records.write(step.name, {"params": params, "status": "done", "adopted": True,
                                   "output_saved": _saved(step.output)})
         console.print(f"  using the teacher already trained in {step.output} (same settings)")
+
+
+def _adapted_matches(folder: Path, params: dict) -> bool:
+    """Whether ``folder`` holds a finished `distill teacher adapt` of the backbone, text and
+    settings that ``params`` (the pipeline's adapt step) asks for."""
+    from distill.data import load_dataset
+    from teachers.bert_crf import default_backbone
+
+    try:
+        info = json.loads((folder / "adapt.json").read_text(encoding="utf-8"))
+        config = {k: v for k, v in info["config"].items() if k != "checkpoint_every"}
+        same = (info["source_backbone"] == (params["backbone"] or default_backbone()) and config == params["config"]
+                and info["extend_vocab"] is True and info["min_count"] == 2)
+        return same and info["text"]["fingerprint"] == load_dataset(**params["dataset"]).train.fingerprint()
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return False
+
+
+def _adopt_adapted(step: Step, params: dict, records: StepRecords, console) -> None:
+    """Take over a backbone adapted by hand (`distill teacher adapt --out RUN/backbone-adapted`) with these settings."""
+    if _adapted_matches(step.output, params):
+        records.write(step.name, {"params": params, "status": "done", "adopted": True})
+        console.print(f"  using the backbone already adapted in {step.output} (same settings)")

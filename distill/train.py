@@ -129,6 +129,14 @@ def accelerator(**kwargs):
     return acc
 
 
+def use_fast_matmul(device) -> None:
+    """TF32 matrix products on a CUDA GPU (what transformers' Trainer calls ``tf32``): several
+    times faster fp32 training on Ampere and later, with a 10-bit mantissa in the products."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def process_state():
     """Accelerate's process facts (rank, world size, device) without an Accelerator."""
     from accelerate import PartialState
@@ -319,6 +327,7 @@ def train(
     work = out_dir.with_name(out_dir.name + ".work")  # checkpoints and logs while training
     ckpt_path, log_path = work / CHECKPOINT, work / LOG
     acc = accelerator()
+    use_fast_matmul(acc.device)
     main, P, rank = acc.is_main_process, acc.num_processes, acc.process_index
 
     torch.manual_seed(cfg.seed)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from distill.errors import DistillError
-from distill.modeling import Tagger
+from distill.modeling import Tagger, save_weights
 from quantize import CompressedTagger, build_skeleton, check_sentences, describe_check, compare, derived_meta, load_source, output_folder, write_model_folder
 
 DEVICES = ("cuda", "cpu")
@@ -59,7 +59,6 @@ def quantize_fp16(*, model: Path, out: Path | None = None, device: str = "cuda",
                   check: int = 200, quiet: bool = False) -> Path:
     """Write a float16 copy of ``model`` (default folder ``MODEL-fp16``), checked against
     the fp32 model on ``check`` dev sentences on ``device`` (cuda, or cpu explicitly)."""
-    from safetensors.torch import save_model
 
     if device not in DEVICES:
         raise DistillError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -74,7 +73,7 @@ def quantize_fp16(*, model: Path, out: Path | None = None, device: str = "cuda",
     if sentences:
         meta["check"] = compare(source, HalfTagger(half, meta), sentences)
     write_model_folder(out, kind=HalfTagger.kind, source=source, meta=meta,
-                       write_weights=lambda tmp: save_model(half, str(tmp / "model.safetensors")))
+                       write_weights=lambda tmp: save_weights(half, tmp / "model.safetensors"))
     if not quiet:
         print(f"fp16 model ({device}) saved to {out}{describe_check(meta.get('check'))}")
     return out

@@ -33,7 +33,7 @@ from distill.errors import DataError, DistillError
 from distill.features import bucket_batches, make_pieces
 from distill.fileio import atomic_dir, atomic_path, write_json
 from distill.progress import progress_bar
-from distill.train import _StopFlag
+from distill.train import _StopFlag, process_state, use_fast_matmul
 from teachers.bert_crf import BertTagger, _offline_kwargs, default_backbone, extend_vocabulary, load_tokenizer, unk_rate
 
 ADAPT_FILE = "adapt.json"
@@ -322,15 +322,16 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
                    lr: float = 1e-4, embedding_lr: float = 2e-3, head_lr: float = 1e-3, embeddings_only_steps: int = 0,
                    mask_prob: float = 0.15, warmup: float = 0.06, seed: int = 13, extend_vocab: bool = True,
                    min_count: int = 2, char_level: bool | None = None, checkpoint_every: int = 200,
-                   resume: bool = False, quiet: bool = False) -> dict:
+                   resume: bool = False, quiet: bool = False, config: AdaptConfig | None = None) -> dict:
     """Continue MLM pretraining of ``backbone`` on ``text`` (a file) or the train text of
     ``dataset`` (kwargs of :func:`distill.data.load_dataset`; default the built-in MSRA
     train split, without its dev part), after extending the vocabulary with its [UNK]
     words. Writes the adapted backbone folder ``out``; checkpoints and the loss log live in
-    ``out.work/``. Returns the summary written to ``out/adapt.json``.
+    ``out.work/``. ``config`` replaces the hyperparameter arguments. Returns the summary
+    written to ``out/adapt.json``.
     """
     try:
-        cfg = AdaptConfig(steps=steps, epochs=epochs, batch_size=batch_size, max_length=max_length, lr=lr,
+        cfg = config or AdaptConfig(steps=steps, epochs=epochs, batch_size=batch_size, max_length=max_length, lr=lr,
                           embedding_lr=embedding_lr, head_lr=head_lr, embeddings_only_steps=embeddings_only_steps,
                           mask_prob=mask_prob, warmup=warmup, seed=seed, checkpoint_every=checkpoint_every)
     except ValueError as e:
@@ -374,6 +375,9 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
     steps_per_epoch = math.ceil(len(pieces) / cfg.batch_size)
     total = cfg.steps or max(1, round((cfg.epochs or 1.0) * steps_per_epoch))
 
+    device = process_state().device  # a GPU when there is one (ACCELERATE_USE_CPU=1 keeps the CPU)
+    use_fast_matmul(device)
+    model.to(device)
     groups = group_params(model)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_schedule(optimizer, cfg, total)
@@ -410,6 +414,7 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
         task = bar.add_task("adapt", total=total, completed=state["step"])
         recent: list[float] = []
         t0, cpu0 = time.time(), time.process_time()
+        last_line, step0 = t0, state["step"]
         while state["step"] < total:
             step = state["step"]
             if flag.stop:
@@ -424,6 +429,7 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
                 epoch_batches = {epoch: bucket_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)}
             rng = random.Random(cfg.seed * 1_000_003 + step)  # masks depend on the step only: resumable
             batch = collate([pieces[i].feature for i in epoch_batches[epoch][b]], rng, tokenizer, cfg.mask_prob)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             model.train()
             loss = mlm_loss(model, batch)
             if not torch.isfinite(loss):
@@ -440,6 +446,10 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
             log.flush()
             recent = (recent + [loss.item()])[-50:]
             bar.update(task, advance=1, description=f"adapt loss {sum(recent) / len(recent):.4f}")
+            if not quiet and bar.disable and time.time() - last_line > 60:  # no live bar: a plain line a minute
+                last_line = time.time()
+                print(f"adapt step {state['step']}/{total} loss {sum(recent) / len(recent):.4f} "
+                      f"({(state['step'] - step0) / (last_line - t0):.2f} steps/s)", flush=True)
             if state["step"] % cfg.checkpoint_every == 0 and state["step"] < total:
                 save_checkpoint(ckpt_path, model, optimizer, scheduler,
                                 dict(state, train_seconds=state["train_seconds"] + time.time() - t0,
@@ -461,7 +471,8 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
         "train_cpu_seconds": round(state["train_cpu_seconds"], 1),  # wall >> cpu x threads: a busy machine
         "steps_per_second": round(total / max(state["train_seconds"], 1e-9), 3),
         "subtokens_per_second": round(state["subtokens"] / max(state["train_seconds"], 1e-9), 1),
-        "torch_threads": torch.get_num_threads(), "wall_seconds_this_call": round(time.time() - t_start, 1),
+        "device": str(device), "torch_threads": torch.get_num_threads(),
+        "wall_seconds_this_call": round(time.time() - t_start, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     save_adapted(model, tokenizer, out, summary, log_path)

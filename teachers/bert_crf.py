@@ -186,15 +186,21 @@ def unk_rate(tokenizer, sentences: Sequence[Sequence[str]]) -> tuple[float, Coun
     return (sum(missing.values()) / total if total else 0.0), missing
 
 
+def words_to_add(tokenizer, sentences, threshold: float = 0.02, min_count: int = 2) -> tuple[float, list[str]]:
+    """The [UNK] rate of ``sentences`` and the words :func:`extend_vocabulary` adds, most
+    frequent first: none when at most ``threshold`` of word occurrences are [UNK]."""
+    rate, missing = unk_rate(tokenizer, sentences)
+    return rate, ([w for w, c in missing.most_common() if c >= min_count] if rate > threshold else [])
+
+
 def extend_vocabulary(tokenizer, encoder, sentences, threshold: float = 0.02, min_count: int = 2) -> dict:
     """Add the training words the tokenizer maps to [UNK] (seen ``min_count``+ times) as
     new tokens and grow the embedding matrix, when more than ``threshold`` of word
     occurrences are [UNK]. New rows start at the mean of the old ones. Returns what was done."""
-    rate, missing = unk_rate(tokenizer, sentences)
+    rate, new = words_to_add(tokenizer, sentences, threshold, min_count)
     info = {"unk_rate_before": round(rate, 4), "threshold": threshold, "min_count": min_count, "added": 0}
-    if rate <= threshold:
+    if not new:
         return info
-    new = [w for w, c in missing.most_common() if c >= min_count]
     added = tokenizer.add_tokens(new)
     old_size = encoder.get_input_embeddings().weight.shape[0]
     encoder.resize_token_embeddings(max(len(tokenizer), old_size), mean_resizing=False)

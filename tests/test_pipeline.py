@@ -171,10 +171,11 @@ class _Silent:
 
 
 def test_full_profile_reuses_a_teacher_from_distill_teacher_train(tmp_path, tiny_dataset_kwargs, monkeypatch):
-    """What `distill teacher train --out RUN/teacher --epochs 2` records is what the full profile's teacher step wants."""
+    """What `distill teacher train --out RUN/teacher --epochs 3 --backbone RUN/backbone-adapted`
+    records is what the full profile's teacher step wants."""
     import teachers.train
     from distill.data import load_dataset
-    from distill.pipeline import _teacher_params_match, normalise_dataset, teacher_params
+    from distill.pipeline import ADAPTED, _teacher_params_match, normalise_dataset, teacher_params
 
     recorded = {}
 
@@ -189,17 +190,84 @@ def test_full_profile_reuses_a_teacher_from_distill_teacher_train(tmp_path, tiny
     monkeypatch.setattr(teachers.train, "load_dataset", lambda **kw: load_dataset(**tiny_dataset_kwargs))
     monkeypatch.setattr("teachers.bert_crf.build_teacher", lambda *a, **kw: Model())
     monkeypatch.setattr(teachers.train, "train", fake_train)
-    r = runner.invoke(app, ["teacher", "train", "--out", str(tmp_path / "teacher"), "--epochs", "2"])
+    adapted = str(tmp_path / ADAPTED)
+    r = runner.invoke(app, ["teacher", "train", "--out", str(tmp_path / "teacher"), "--epochs", "3",
+                            "--backbone", adapted])
     assert r.exit_code == 0, r.output
     folder = tmp_path / "teacher"
     folder.mkdir()
     (folder / "distill.json").write_text(json.dumps({"meta": {"params": recorded}}), encoding="utf-8")
     full = get_profile("full")
-    want = teacher_params(backbone=None, dataset=normalise_dataset(None, full)[0], cfg=full.teacher)
-    assert _teacher_params_match(folder, want)
+    want = teacher_params(backbone=adapted, dataset=normalise_dataset(None, full)[0], cfg=full.teacher)
+    assert _teacher_params_match(folder, dict(want, backbone_finished="2026-11-22T21:00:00"))
+    assert not _teacher_params_match(folder, teacher_params(backbone=None, dataset=normalise_dataset(None, full)[0],
+                                                            cfg=full.teacher))  # not adapted: another teacher
     quick = get_profile("quick")  # capped data: not the same teacher
-    assert not _teacher_params_match(folder, teacher_params(backbone=None, dataset=normalise_dataset(None, quick)[0],
+    assert not _teacher_params_match(folder, teacher_params(backbone=adapted, dataset=normalise_dataset(None, quick)[0],
                                                             cfg=quick.teacher))
+
+
+def test_adapt_step_comes_first_when_the_vocabulary_is_extended(tmp_path, tiny_backbone, tiny_dataset_kwargs,
+                                                                monkeypatch):
+    from distill.pipeline import ADAPTED
+    from teachers.adapt import AdaptConfig
+
+    monkeypatch.setattr("distill.report.make_report", fake_report)
+    profile = tiny_profile(adapt=AdaptConfig(steps=3, batch_size=8, embeddings_only_steps=1), quantize=(), prune=())
+    run = tmp_path / "run"
+    kwargs = dict(run_dir=run, profile=profile, dataset=tiny_dataset_kwargs, backbone=str(tiny_backbone), threads=1,
+                  quiet=True)
+    summary = run_pipeline(**kwargs)
+    assert [s["step"] for s in summary][:2] == ["adapt", "teacher"] and statuses(summary)["adapt"] == "done"
+    adapted = json.loads((run / ADAPTED / "adapt.json").read_text(encoding="utf-8"))
+    assert adapted["steps"] == 3 and adapted["vocabulary"]["added"] > 0
+    meta = json.loads((run / "teacher" / "distill.json").read_text(encoding="utf-8"))["meta"]
+    assert meta["params"]["backbone"] == str(run / ADAPTED)
+    assert meta["vocabulary"]["added"] == 0  # the adapted backbone already holds the new tokens
+    assert json.loads((run / "profile.json").read_text(encoding="utf-8"))["adapt"] is True
+
+    assert set(statuses(run_pipeline(**kwargs)).values()) == {"skipped"}
+    # another adaptation: the adapted backbone, the teacher and everything after it are made again
+    longer = dataclasses.replace(profile, adapt=AdaptConfig(steps=4, batch_size=8, embeddings_only_steps=1))
+    again = statuses(run_pipeline(**dict(kwargs, profile=longer)))
+    assert again["adapt"] == again["teacher"] == again["bilstm-crf-kd"] == "done"
+
+
+def test_adapt_step_is_left_out_when_the_backbone_covers_the_data(tmp_path, resources, tiny_backbone,
+                                                                  tiny_dataset_kwargs):
+    from conftest import make_tiny_backbone
+    from distill.data import read_msra
+    from distill.pipeline import extends_vocabulary, normalise_dataset
+
+    train_ds, report_ds = normalise_dataset(tiny_dataset_kwargs, tiny_profile())
+    assert extends_vocabulary(str(tiny_backbone), train_ds)
+    chars = "".join(sorted({c for s in read_msra(resources / "msra_train.txt").tokens for c in s}))
+    covering = make_tiny_backbone(tmp_path / "covering", chars)
+    assert not extends_vocabulary(str(covering), train_ds)
+    steps = plan(run_dir=tmp_path, profile=get_profile("full"), train_ds=train_ds, report_ds=report_ds,
+                 backbone=str(covering), cuda=False, threads=1, quiet=True)
+    assert steps[0].name == "teacher" and steps[0].params()["backbone"] == str(covering)
+
+
+def test_a_backbone_adapted_by_hand_with_the_same_settings_is_reused(tmp_path, tiny_backbone, tiny_dataset_kwargs):
+    from distill.pipeline import ADAPTED, _adapted_matches, normalise_dataset
+    from teachers.adapt import AdaptConfig, adapt_backbone
+
+    train_ds, report_ds = normalise_dataset(tiny_dataset_kwargs, tiny_profile())
+    cfg = AdaptConfig(steps=1, batch_size=8)
+    # what `distill teacher adapt --steps 1 --batch-size 8 --train ... --out RUN/backbone-adapted` does
+    adapt_backbone(out=tmp_path / ADAPTED, backbone=str(tiny_backbone), dataset=dict(tiny_dataset_kwargs),
+                   steps=1, batch_size=8, checkpoint_every=50, quiet=True)
+
+    def adapt_step(config):
+        return plan(run_dir=tmp_path, profile=tiny_profile(adapt=config), train_ds=train_ds, report_ds=report_ds,
+                    backbone=str(tiny_backbone), cuda=False, threads=1, quiet=True, adapt=True)[0]
+
+    assert _adapted_matches(tmp_path / ADAPTED, adapt_step(cfg).params())
+    assert not _adapted_matches(tmp_path / ADAPTED, adapt_step(dataclasses.replace(cfg, steps=2)).params())
+    other = dict(tiny_dataset_kwargs, max_train=10)
+    params = dict(adapt_step(cfg).params(), dataset=normalise_dataset(other, tiny_profile())[0])
+    assert not _adapted_matches(tmp_path / ADAPTED, params)  # other text
 
 
 def test_profiles_are_validated():

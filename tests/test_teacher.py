@@ -158,3 +158,21 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert not (tmp_path / "o").exists()
     r = subprocess.run([sys.executable, "-m", "distill", "predict", str(tmp_path), "hello"], capture_output=True, text=True)
     assert r.returncode == 1 and "not a distill model folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_weights_that_are_views_of_one_buffer_are_saved_and_load_back(tmp_path):
+    """On a GPU, cuDNN flattens an LSTM's weights into one buffer; safetensors' own
+    save_model refuses such views (seen on an H100 saving a bilstm-crf head)."""
+    from safetensors.torch import load_file, save_model
+
+    from distill.modeling import save_weights
+
+    flat = torch.randn(12)
+    module = torch.nn.Module()
+    module.a = torch.nn.Parameter(flat[:6].view(2, 3))
+    module.b = torch.nn.Parameter(flat[6:].view(3, 2))
+    with pytest.raises(RuntimeError):
+        save_model(module, str(tmp_path / "refused.safetensors"))
+    save_weights(module, tmp_path / "model.safetensors")
+    loaded = load_file(str(tmp_path / "model.safetensors"))
+    assert torch.equal(loaded["a"], flat[:6].view(2, 3)) and torch.equal(loaded["b"], flat[6:].view(3, 2))

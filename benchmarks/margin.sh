@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 6: how far the default teacher (MiniLM-L6 + extended vocabulary) beats a BiLSTM-CRF
+# trained on the same full MSRA data, with and without language-adaptive MLM pretraining
+# (`distill teacher adapt`). Every result is a model folder with eval.json (entity-level F1 on
+# the full 5,000-sentence MSRA test set). Runs on a GPU when there is one (minutes), else on
+# the CPU (hours). Each recipe is skipped when its eval.json exists, so the script resumes.
+#   benchmarks/margin.sh [RECIPE...]    default: all, in the order below
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${RUN:-runs/margin}
+DISTILL=${DISTILL:-distill}
+mkdir -p "$RUN"
+
+resume() { [[ -f "$RUN/$1.work/checkpoint.pt" ]] && echo --resume || true; }  # continue a cut-off run
+done_() { [[ -f "$RUN/$1/eval.json" ]]; }
+evaluate() { $DISTILL eval "$RUN/$1" > /dev/null; python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], 'test F1', m.get('f1'))" "$RUN/$1/eval.json" "$1"; }
+
+recipe() {
+  case "$1" in
+    bilstm)  # the baseline: BiLSTM-CRF on gold tags, student defaults, 10 epochs
+      $DISTILL student --arch bilstm-crf --alpha 1 --epochs 10 --out "$RUN/bilstm" $(resume bilstm) ;;
+    teacher-e3)  # the default recipe, no adaptation, 3 epochs
+      $DISTILL teacher train --epochs 3 --out "$RUN/teacher-e3" $(resume teacher-e3) ;;
+    teacher-bilstm-e3)  # bilstm-crf head
+      $DISTILL teacher train --epochs 3 --head bilstm-crf --out "$RUN/teacher-bilstm-e3" $(resume teacher-bilstm-e3) ;;
+    adapted)  # one pass of MLM over the MSRA train text; embeddings and MLM head alone for the first 300 steps
+      [[ -f "$RUN/adapted/adapt.json" ]] || $DISTILL teacher adapt --epochs 1 --embeddings-only-steps 300 --out "$RUN/adapted" $(resume adapted)
+      return ;;
+    adapted3)  # three passes
+      [[ -f "$RUN/adapted3/adapt.json" ]] || $DISTILL teacher adapt --epochs 3 --embeddings-only-steps 300 --out "$RUN/adapted3" $(resume adapted3)
+      return ;;
+    teacher-adapt-e3)
+      recipe adapted; $DISTILL teacher train --epochs 3 --backbone "$RUN/adapted" --out "$RUN/teacher-adapt-e3" $(resume teacher-adapt-e3) ;;
+    teacher-adapt3-e3)
+      recipe adapted3; $DISTILL teacher train --epochs 3 --backbone "$RUN/adapted3" --out "$RUN/teacher-adapt3-e3" $(resume teacher-adapt3-e3) ;;
+    *) echo "unknown recipe $1" >&2; exit 2 ;;
+  esac
+}
+
+for r in "${@:-bilstm teacher-e3 teacher-adapt-e3 teacher-bilstm-e3 teacher-adapt3-e3}"; do
+  for one in $r; do
+    if [[ $one == adapted* ]]; then recipe "$one"; continue; fi
+    done_ "$one" || { recipe "$one"; evaluate "$one"; }
+  done
+done
