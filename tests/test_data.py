@@ -117,6 +117,16 @@ def test_builtin_msra_is_the_default():
     assert ds.fingerprint() == load_dataset(max_train=100, max_dev=10, max_test=10).fingerprint()
 
 
+def test_builtin_msra_with_the_users_dev_or_test_file(resources):
+    """`distill eval MODEL --test FILE` (no --train) evaluates on FILE, not on the MSRA test set."""
+    own = read_msra(resources / "msra_test.txt")
+    ds = load_dataset(test=resources / "msra_test.txt", max_train=50)
+    assert ds.name == "msra" and ds.test.tokens == own.tokens and len(ds.dev) == 2000
+    whole = load_dataset(dev=resources / "msra_test.txt")
+    assert whole.dev.tokens == own.tokens and len(whole.test) == 5000  # no dev carved: all of train kept
+    assert len(whole.train) == len(load_dataset().train) + 2000
+
+
 def test_split_text():
     assert split_text("我 爱北京", True) == ["我", "爱", "北", "京"]
     assert split_text("I love  Paris", False) == ["I", "love", "Paris"]
