@@ -17,8 +17,10 @@ evaluate() { $DISTILL eval "$RUN/$1" > /dev/null; python3 -c "import json,sys; m
 
 recipe() {
   case "$1" in
-    bilstm)  # the baseline: BiLSTM-CRF on gold tags, student defaults, 10 epochs
+    bilstm)  # the baseline: BiLSTM-CRF on gold tags, student defaults (dropout 0.5), 10 epochs
       $DISTILL student --arch bilstm-crf --alpha 1 --epochs 10 --out "$RUN/bilstm" $(resume bilstm) ;;
+    bilstm-d01)  # the same with dropout 0.1
+      $DISTILL student --arch bilstm-crf --alpha 1 --epochs 10 --dropout 0.1 --out "$RUN/bilstm-d01" $(resume bilstm-d01) ;;
     teacher-e3)  # the default recipe, no adaptation, 3 epochs
       $DISTILL teacher train --epochs 3 --out "$RUN/teacher-e3" $(resume teacher-e3) ;;
     teacher-bilstm-e3)  # bilstm-crf head
@@ -37,7 +39,7 @@ recipe() {
   esac
 }
 
-for r in "${@:-bilstm teacher-e3 teacher-adapt-e3 teacher-bilstm-e3 teacher-adapt3-e3}"; do
+for r in "${@:-bilstm bilstm-d01 teacher-e3 teacher-adapt-e3 teacher-bilstm-e3 teacher-adapt3-e3}"; do
   for one in $r; do
     if [[ $one == adapted* ]]; then recipe "$one"; continue; fi
     done_ "$one" || { recipe "$one"; evaluate "$one"; }

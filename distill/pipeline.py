@@ -301,18 +301,20 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
         alpha = profile.alpha if name.endswith("-kd") else 1.0
         cfg = profile.bert_small if arch == "bert-small" else profile.bilstm
         out = run_dir / name
+        source = teacher if arch == "bert-small" or alpha < 1 else None  # gold tags alone: no teacher
 
-        def run_student(resume: bool, out=out, arch=arch, alpha=alpha, cfg=cfg):
+        def run_student(resume: bool, out=out, arch=arch, alpha=alpha, cfg=cfg, source=source):
             from students.train import train_student
 
-            return train_student(out=out, teacher=teacher, arch=arch, dataset=train_ds, alpha=alpha,
+            return train_student(out=out, teacher=source, arch=arch, dataset=train_ds, alpha=alpha,
                                  temperature=profile.temperature, kd="emission", num_layers=profile.student_layers,
                                  train_config=cfg, resume=resume, quiet=quiet)
 
-        def student_params(arch=arch, alpha=alpha, cfg=cfg):
+        def student_params(arch=arch, alpha=alpha, cfg=cfg, source=source):
             return _plain({"arch": arch, "alpha": alpha, "temperature": profile.temperature, "kd": "emission",
                            "num_layers": profile.student_layers if arch == "bert-small" else None,
-                           "dataset": train_ds, "train_config": _config_key(cfg), "teacher_saved": _saved(teacher)})
+                           "dataset": train_ds, "train_config": _config_key(cfg),
+                           "teacher_saved": _saved(source) if source else None})
 
         what = f"distilled, alpha {profile.alpha}, T {profile.temperature}" if alpha < 1 else "gold tags only"
         steps.append(Step(name, f"student {name} ({what})", out, "distill.json", student_params, run_student,

@@ -231,6 +231,7 @@ def test_adapt_step_comes_first_when_the_vocabulary_is_extended(tmp_path, tiny_b
     longer = dataclasses.replace(profile, adapt=AdaptConfig(steps=4, batch_size=8, embeddings_only_steps=1))
     again = statuses(run_pipeline(**dict(kwargs, profile=longer)))
     assert again["adapt"] == again["teacher"] == again["bilstm-crf-kd"] == "done"
+    assert again["bilstm-crf"] == "skipped"  # trained on gold tags alone: it never saw the teacher
 
 
 def test_adapt_step_is_left_out_when_the_backbone_covers_the_data(tmp_path, resources, tiny_backbone,
