@@ -4,11 +4,13 @@
 # (`distill teacher adapt`). Every result is a model folder with eval.json (entity-level F1 on
 # the full 5,000-sentence MSRA test set). Runs on a GPU when there is one (minutes), else on
 # the CPU (hours). Each recipe is skipped when its eval.json exists, so the script resumes.
-#   benchmarks/margin.sh [RECIPE...]    default: all, in the order below
+#   benchmarks/margin.sh [RECIPE...]    default: the full-data recipes, in the order below
+#   benchmarks/margin.sh bilstm-8k-d01 teacher-adapt-8k    the cpu profile's scale (baseline: runs/cpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/margin}
 DISTILL=${DISTILL:-distill}
+CPU8K="--max-train 8000 --max-dev 1000"
 mkdir -p "$RUN"
 
 resume() { [[ -f "$RUN/$1.work/checkpoint.pt" ]] && echo --resume || true; }  # continue a cut-off run
@@ -35,6 +37,14 @@ recipe() {
       recipe adapted; $DISTILL teacher train --epochs 3 --backbone "$RUN/adapted" --out "$RUN/teacher-adapt-e3" $(resume teacher-adapt-e3) ;;
     teacher-adapt3-e3)
       recipe adapted3; $DISTILL teacher train --epochs 3 --backbone "$RUN/adapted3" --out "$RUN/teacher-adapt3-e3" $(resume teacher-adapt3-e3) ;;
+    # the cpu profile's scale (8,000 train / 1,000 dev sentences), for the 2-core CPU; not in the default list
+    bilstm-8k-d01)
+      $DISTILL student --arch bilstm-crf --alpha 1 --epochs 12 --dropout 0.1 $CPU8K --out "$RUN/bilstm-8k-d01" $(resume bilstm-8k-d01) ;;
+    adapted-8k)
+      [[ -f "$RUN/adapted-8k/adapt.json" ]] || $DISTILL teacher adapt --max-train 8000 --epochs 3 --embeddings-only-steps 100 --out "$RUN/adapted-8k" $(resume adapted-8k)
+      return ;;
+    teacher-adapt-8k)
+      recipe adapted-8k; $DISTILL teacher train --epochs 2 $CPU8K --backbone "$RUN/adapted-8k" --out "$RUN/teacher-adapt-8k" $(resume teacher-adapt-8k) ;;
     *) echo "unknown recipe $1" >&2; exit 2 ;;
   esac
 }

@@ -1,9 +1,10 @@
 """``distill run RUN_DIR``: the whole pipeline in one command, resumable step by step.
 
 [language-adaptive MLM pretraining of the backbone, when the profile asks for it and the
-teacher's vocabulary is extended on the data] -> teacher -> emissions -> students (BiLSTM-CRF and 3-layer BERT, each distilled with
-alpha/T and trained on gold tags alone) -> int8 / ONNX int8 (fp16 and bitsandbytes
-8-bit on a GPU) -> magnitude pruning -> the comparison report. Layout::
+teacher's vocabulary is extended on the data] -> teacher -> emissions -> students
+(BiLSTM-CRF and 3-layer BERT, each distilled with alpha/T and trained on gold tags alone)
+-> int8 / ONNX int8 (fp16 and bitsandbytes 8-bit on a GPU) -> magnitude pruning -> the
+comparison report. Layout::
 
     RUN_DIR/profile.json            the settings of the profile that ran
     RUN_DIR/backbone-adapted        (profile full) the backbone after `distill teacher adapt`

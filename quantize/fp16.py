@@ -59,7 +59,6 @@ def quantize_fp16(*, model: Path, out: Path | None = None, device: str = "cuda",
                   check: int = 200, quiet: bool = False) -> Path:
     """Write a float16 copy of ``model`` (default folder ``MODEL-fp16``), checked against
     the fp32 model on ``check`` dev sentences on ``device`` (cuda, or cpu explicitly)."""
-
     if device not in DEVICES:
         raise DistillError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     out = output_folder(model, out, "fp16")

@@ -331,9 +331,10 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
     written to ``out/adapt.json``.
     """
     try:
-        cfg = config or AdaptConfig(steps=steps, epochs=epochs, batch_size=batch_size, max_length=max_length, lr=lr,
-                          embedding_lr=embedding_lr, head_lr=head_lr, embeddings_only_steps=embeddings_only_steps,
-                          mask_prob=mask_prob, warmup=warmup, seed=seed, checkpoint_every=checkpoint_every)
+        cfg = config or AdaptConfig(
+            steps=steps, epochs=epochs, batch_size=batch_size, max_length=max_length, lr=lr, embedding_lr=embedding_lr,
+            head_lr=head_lr, embeddings_only_steps=embeddings_only_steps, mask_prob=mask_prob, warmup=warmup, seed=seed,
+            checkpoint_every=checkpoint_every)
     except ValueError as e:
         raise DistillError(str(e)) from None
     if text is not None and dataset is not None:
