@@ -192,8 +192,9 @@ def test_full_profile_reuses_a_teacher_from_distill_teacher_train(tmp_path, tiny
     monkeypatch.setattr(teachers.train, "train", fake_train)
     adapted = str(tmp_path / ADAPTED)
     r = runner.invoke(app, ["teacher", "train", "--out", str(tmp_path / "teacher"), "--epochs", "3",
-                            "--backbone", adapted])
+                            "--backbone", adapted, "--checkpoint-every", "500"])
     assert r.exit_code == 0, r.output
+    assert recorded["train_config"]["checkpoint_every"] == 500  # bookkeeping: still the same teacher
     folder = tmp_path / "teacher"
     folder.mkdir()
     (folder / "distill.json").write_text(json.dumps({"meta": {"params": recorded}}), encoding="utf-8")

@@ -36,6 +36,7 @@ def _main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
     (["--kd", "attention"], "unknown KD loss 'attention'; expected one of emission, marginal, both"),
     (["--arch", "transformer"], "unknown student architecture 'transformer'; expected one of bilstm-crf, bert-small"),
     (["--hidden-weight", "1"], "needs arch bert-small"),
+    (["--checkpoint-every", "-1"], "checkpoint_every must be >= 0, got -1"),
     (["--arch", "bert-small", "--layers", "0,9"], "out of range; the teacher has layers 0..1"),
 ])
 def test_bad_arguments_are_one_line_errors(args, message, monkeypatch, capsys, tmp_path, tiny_teacher, tiny_dataset_kwargs):
@@ -68,10 +69,11 @@ def test_missing_teacher_is_an_error_unless_alpha_is_one(tmp_path, tiny_dataset_
     assert not out.exists()
     # the baseline: alpha 1 needs no teacher
     r = runner.invoke(app, ["student", "--alpha", "1", "--out", str(out), "--epochs", "1", "--max-steps", "2",
-                            "--batch-size", "8", *_data(tiny_dataset_kwargs)])
+                            "--batch-size", "8", "--checkpoint-every", "1", *_data(tiny_dataset_kwargs)])
     assert r.exit_code == 0, r.output
     meta = json.loads((out / "distill.json").read_text())["meta"]
     assert meta["teacher"] is None and meta["params"]["alpha"] == 1.0
+    assert meta["params"]["train_config"]["checkpoint_every"] == 1
 
 
 @pytest.mark.parametrize("arch, extra", [

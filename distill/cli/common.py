@@ -18,6 +18,8 @@ FORMAT = typer.Option("auto", "--format", help="auto|conll|msra|jsonl")
 MAX_TRAIN = typer.Option(None, "--max-train", help="Use a deterministic random subset of this many train sentences.")
 MAX_DEV = typer.Option(None, "--max-dev", help="Use at most this many dev sentences.")
 MAX_TEST = typer.Option(None, "--max-test", help="Use at most this many test sentences.")
+CHECKPOINT_MINUTES = typer.Option(10.0, "--checkpoint-minutes", help="Also write a resumable checkpoint mid-epoch this often (0: off).")
+CHECKPOINT_EVERY = typer.Option(0, "--checkpoint-every", help="Also write a resumable checkpoint every N optimizer steps (0: off).")
 
 
 def quiet_libraries() -> None:

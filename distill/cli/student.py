@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from distill.cli import app
-from distill.cli.common import DATASET, DEV, FORMAT, MAX_DEV, MAX_TEST, MAX_TRAIN, TEST, TRAIN, dataset_kwargs, quiet_libraries
+from distill.cli.common import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DATASET, DEV, FORMAT, MAX_DEV, MAX_TEST,
+                                MAX_TRAIN, TEST, TRAIN, dataset_kwargs, quiet_libraries)
 from distill.errors import DistillError
 
 
@@ -55,6 +56,7 @@ def student_cmd(
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT.work/."),
     dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
     fmt: str = FORMAT, max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV, max_test: Optional[int] = MAX_TEST,
+    checkpoint_minutes: float = CHECKPOINT_MINUTES, checkpoint_every: int = CHECKPOINT_EVERY,
 ):
     """Train a student on gold tags and the teacher's soft emissions:
     alpha * CRF NLL + (1 - alpha) * T^2 * KL(teacher || student)."""
@@ -66,7 +68,8 @@ def student_cmd(
         num_layers = len(layer_list) if layer_list is not None else 3
     cfg = default_train_config(arch, epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr,
                                head_lr=head_lr, crf_lr=crf_lr, warmup=warmup, clip=clip, patience=patience,
-                               max_steps=max_steps, seed=seed)
+                               max_steps=max_steps, seed=seed, checkpoint_minutes=checkpoint_minutes,
+                               checkpoint_every=checkpoint_every)
     summary = train_student(
         out=out, teacher=teacher, arch=arch,
         dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test),

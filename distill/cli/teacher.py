@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from distill.cli import app
-from distill.cli.common import DATASET, DEV, FORMAT, MAX_DEV, MAX_TEST, MAX_TRAIN, TEST, TRAIN, dataset_kwargs, quiet_libraries
+from distill.cli.common import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DATASET, DEV, FORMAT, MAX_DEV, MAX_TEST,
+                                MAX_TRAIN, TEST, TRAIN, dataset_kwargs, quiet_libraries)
 
 teacher_app = typer.Typer(no_args_is_help=True, help="Train, evaluate and emit from a BERT-CRF teacher.")
 app.add_typer(teacher_app, name="teacher")
@@ -39,6 +40,7 @@ def train_cmd(
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT.work/."),
     dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
     fmt: str = FORMAT, max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV, max_test: Optional[int] = MAX_TEST,
+    checkpoint_minutes: float = CHECKPOINT_MINUTES, checkpoint_every: int = CHECKPOINT_EVERY,
 ):
     """Fine-tune a BERT-family encoder with a CRF head on a labelled corpus."""
     quiet_libraries()
@@ -47,7 +49,8 @@ def train_cmd(
 
     try:
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr, head_lr=head_lr,
-                          crf_lr=crf_lr, warmup=warmup, clip=clip, patience=patience, seed=seed, max_steps=max_steps)
+                          crf_lr=crf_lr, warmup=warmup, clip=clip, patience=patience, seed=seed, max_steps=max_steps,
+                          checkpoint_minutes=checkpoint_minutes, checkpoint_every=checkpoint_every)
     except ValueError as e:
         from distill.errors import DistillError
         raise DistillError(str(e)) from None
