@@ -431,6 +431,13 @@ class _Lattice:
         return self._param_grads(d_emit, pair_left, u, pair_right)
 
 
+def _input_grads(ctx, grads) -> tuple:
+    """Backward's return for forward(ctx, lattice, start, end, trans, emissions): nothing for
+    the lattice, then each gradient in its input's dtype where one was asked for."""
+    return (None,) + tuple(g.to(dt) if need else None
+                           for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[1:]))
+
+
 class _LogPartition(torch.autograd.Function):
     """log Z (B,) float64 from a :class:`_Lattice`; backward = the marginals."""
 
@@ -444,8 +451,7 @@ class _LogPartition(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         grads = ctx.lattice.log_partition_grads(grad)
-        return (None,) + tuple(g.to(dt) if need else None
-                               for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[1:]))
+        return _input_grads(ctx, grads)
 
 
 class _Marginals(torch.autograd.Function):
@@ -461,8 +467,7 @@ class _Marginals(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         grads = ctx.lattice.marginal_grads(grad)
-        return (None,) + tuple(g.to(dt) if need else None
-                               for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[1:]))
+        return _input_grads(ctx, grads)
 
 
 # --- the log-space recursions: exact for any scores, used when probability space underflows
