@@ -7,8 +7,16 @@ import json
 import os
 import shutil
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def stamp() -> str:
+    """Local time to the microsecond: the identity of a written model or backbone folder, which
+    the pipeline compares to tell a retrained model from the one it saw (seconds were too coarse
+    for tiny models retrained within one)."""
+    return datetime.now().isoformat(timespec="microseconds")
 
 
 def _umask() -> int:

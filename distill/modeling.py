@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 
 from distill.crf import CRF
 from distill.errors import DistillError
-from distill.fileio import atomic_dir, write_json
+from distill.fileio import atomic_dir, stamp, write_json
 
 META_FILE = "distill.json"
 FORMAT_VERSION = 1
@@ -145,7 +144,7 @@ class Tagger(nn.Module):
             meta = dict(self.meta, **(extra_meta or {}))
             write_json(tmp / META_FILE, {
                 "format": FORMAT_VERSION, "kind": self.kind, "labels": self.labels,
-                "config": self.config_dict(), "meta": meta, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "config": self.config_dict(), "meta": meta, "saved": stamp(),
             })
         return folder
 

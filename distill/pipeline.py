@@ -159,9 +159,12 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def teacher_params(*, backbone: str | None, dataset: dict, cfg: TrainConfig) -> dict[str, Any]:
-    """The params :func:`teachers.train.train_teacher` records in meta for the pipeline's teacher."""
-    return _plain({"backbone": backbone, "head": "crf", "extend_vocab": True, "random_init": False,
+def teacher_params(*, backbone: str | None, dataset: dict, cfg: TrainConfig,
+                   backbone_finished: str | None = None) -> dict[str, Any]:
+    """The params :func:`teachers.train.train_teacher` records in meta for the pipeline's teacher
+    (``backbone_finished``: the stamp of an adapted backbone)."""
+    adapted = {"backbone_finished": backbone_finished} if backbone_finished else {}
+    return _plain({"backbone": backbone, **adapted, "head": "crf", "extend_vocab": True, "random_init": False,
                    "num_layers": None, "freeze_layers": 0, "dropout": 0.1, "max_length": 128,
                    "dataset": dataset, "train_config": asdict(cfg)})
 
@@ -243,14 +246,6 @@ def extends_vocabulary(backbone: str | None, train_ds: dict) -> bool:
     return bool(words_to_add(load_tokenizer(backbone or default_backbone()), load_dataset(**train_ds).train.tokens)[1])
 
 
-def _finished(adapted: Path) -> str | None:
-    """The ``finished`` stamp of an adapted backbone folder (None when it is not one)."""
-    try:
-        return json.loads((adapted / "adapt.json").read_text(encoding="utf-8")).get("finished")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-
-
 def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, backbone: str | None,
          cuda: bool, threads: int | None, quiet: bool, adapt: bool = False) -> list[Step]:
     """The pipeline's steps, in order (``adapt``: start with the profile's MLM adaptation)."""
@@ -282,8 +277,10 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
                              train_config=profile.teacher, resume=resume, quiet=quiet)
 
     def params_of_teacher():
-        params = teacher_params(backbone=teacher_backbone, dataset=train_ds, cfg=profile.teacher)
-        return dict(params, backbone_finished=_finished(adapted)) if adapt else params
+        from teachers.adapt import adapted_stamp
+
+        return teacher_params(backbone=teacher_backbone, dataset=train_ds, cfg=profile.teacher,
+                              backbone_finished=adapted_stamp(adapted) if adapt else None)
 
     steps.append(Step("teacher", "teacher (BERT-CRF)", teacher, "distill.json", params_of_teacher, run_teacher,
                       trains=True))
@@ -465,7 +462,6 @@ def _teacher_params_match(folder: Path, params: dict) -> bool:
     if not isinstance(recorded, dict) or not isinstance(recorded.get("train_config"), dict):
         return False
     rec, want = dict(recorded), dict(params)
-    want.pop("backbone_finished", None)  # the pipeline's own record of which adapted backbone it was
     try:
         rec_cfg = _config_key(TrainConfig(**{k: v for k, v in rec.pop("train_config").items() if k in TRAIN_FIELDS}))
     except (TypeError, ValueError):
@@ -475,11 +471,7 @@ def _teacher_params_match(folder: Path, params: dict) -> bool:
 
 
 def _adopt_teacher(step: Step, params: dict, records: StepRecords, console) -> None:
-    """Take over a teacher trained by hand with the same settings (and finished) as this step's output,
-    and after the adapted backbone it starts from, if any, was made."""
-    adapted = params.get("backbone_finished")
-    if adapted and (_saved(step.output) or "") < adapted:  # ISO stamps: trained from an older adaptation
-        return
+    """Take over a teacher trained by hand with the same settings (and finished) as this step's output."""
     if _teacher_params_match(step.output, params) and _training_finished(step.output) is not False:
         records.write(step.name, {"params": params, "status": "done", "adopted": True,
                                   "output_saved": _saved(step.output)})

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
-from distill.fileio import atomic_dir, write_json
+from distill.fileio import atomic_dir, stamp, write_json
 from distill.modeling import FORMAT_VERSION, META_FILE, Tagger, TaggerOutput, load_model, model_class, read_meta
 
 # The kinds compression starts from: plain fp32 PyTorch taggers.
@@ -74,7 +74,7 @@ def write_model_folder(out: Path, *, kind: str, source: Tagger, meta: dict[str, 
         source.save_extra(tmp)
         write_json(tmp / META_FILE, {
             "format": FORMAT_VERSION, "kind": kind, "labels": source.labels, "config": source.config_dict(),
-            "meta": meta, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "meta": meta, "saved": stamp(),
         })
     return out
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from distill.data import Corpus, _read_lines, load_dataset, split_text
 from distill.errors import DataError, DistillError
 from distill.features import bucket_batches, make_pieces
-from distill.fileio import atomic_dir, atomic_path, write_json
+from distill.fileio import atomic_dir, atomic_path, stamp, write_json
 from distill.progress import progress_bar
 from distill.train import _StopFlag, process_state, use_fast_matmul
 from teachers.bert_crf import BertTagger, _offline_kwargs, default_backbone, extend_vocabulary, load_tokenizer, unk_rate
@@ -474,10 +474,21 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
         "subtokens_per_second": round(state["subtokens"] / max(state["train_seconds"], 1e-9), 1),
         "device": str(device), "torch_threads": torch.get_num_threads(),
         "wall_seconds_this_call": round(time.time() - t_start, 1),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "finished": stamp(),
     }
     save_adapted(model, tokenizer, out, summary, log_path)
     return summary
+
+
+def adapted_stamp(backbone: str | Path | None) -> str | None:
+    """When ``backbone`` is a folder written by :func:`adapt_backbone`, the time it was
+    finished (its identity for the teachers trained from it); else None."""
+    if backbone is None:
+        return None
+    try:
+        return json.loads((Path(backbone) / ADAPT_FILE).read_text(encoding="utf-8")).get("finished")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def save_adapted(model, tokenizer, out: Path, summary: dict, log_path: Path | None = None) -> Path:

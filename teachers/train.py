@@ -10,6 +10,15 @@ from distill.data import load_dataset
 from distill.train import TrainConfig, train
 
 
+def _adapted(backbone: str | None) -> dict[str, str]:
+    """``{"backbone_finished": stamp}`` for a backbone made by `distill teacher adapt` (so a
+    re-adapted backbone in the same folder is another teacher's start), else nothing."""
+    from teachers.adapt import adapted_stamp
+
+    stamp = adapted_stamp(backbone)
+    return {"backbone_finished": stamp} if stamp else {}
+
+
 def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = None, head: str = "crf",
                   extend_vocab: bool = True, random_init: bool = False, num_layers: int | None = None,
                   freeze_layers: int = 0, dropout: float = 0.1, max_length: int = 128,
@@ -34,7 +43,7 @@ def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = 
         print(f"teacher: {ds.name} train {len(ds.train)} / dev {len(ds.dev)} sentences, labels {ds.labels}")
         print(f"vocabulary: {vocab['unk_rate_before']:.1%} of train tokens were [UNK]; added {vocab['added']} tokens"
               + (f" -> {vocab['unk_rate_after']:.1%} [UNK]" if vocab.get("added") else ""))
-    params = {"backbone": backbone, "head": head, "extend_vocab": extend_vocab, "random_init": random_init,
+    params = {"backbone": backbone, **_adapted(backbone), "head": head, "extend_vocab": extend_vocab, "random_init": random_init,
               "num_layers": num_layers, "freeze_layers": freeze_layers, "dropout": dropout,
               "max_length": max_length, "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()},
               "train_config": asdict(cfg)}

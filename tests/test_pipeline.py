@@ -191,6 +191,8 @@ def test_full_profile_reuses_a_teacher_from_distill_teacher_train(tmp_path, tiny
     monkeypatch.setattr("teachers.bert_crf.build_teacher", lambda *a, **kw: Model())
     monkeypatch.setattr(teachers.train, "train", fake_train)
     adapted = str(tmp_path / ADAPTED)
+    (tmp_path / ADAPTED).mkdir()  # what `distill teacher adapt` leaves (only its stamp matters here)
+    (tmp_path / ADAPTED / "adapt.json").write_text(json.dumps({"finished": "2026-11-22T21:00:00"}), encoding="utf-8")
     r = runner.invoke(app, ["teacher", "train", "--out", str(tmp_path / "teacher"), "--epochs", "3",
                             "--backbone", adapted, "--checkpoint-every", "500"])
     assert r.exit_code == 0, r.output
@@ -199,8 +201,11 @@ def test_full_profile_reuses_a_teacher_from_distill_teacher_train(tmp_path, tiny
     folder.mkdir()
     (folder / "distill.json").write_text(json.dumps({"meta": {"params": recorded}}), encoding="utf-8")
     full = get_profile("full")
-    want = teacher_params(backbone=adapted, dataset=normalise_dataset(None, full)[0], cfg=full.teacher)
-    assert _teacher_params_match(folder, dict(want, backbone_finished="2026-11-22T21:00:00"))
+    data = normalise_dataset(None, full)[0]
+    assert _teacher_params_match(folder, teacher_params(backbone=adapted, dataset=data, cfg=full.teacher,
+                                                        backbone_finished="2026-11-22T21:00:00"))
+    assert not _teacher_params_match(folder, teacher_params(backbone=adapted, dataset=data, cfg=full.teacher,
+                                                            backbone_finished="2026-11-22T23:00:00"))  # re-adapted
     assert not _teacher_params_match(folder, teacher_params(backbone=None, dataset=normalise_dataset(None, full)[0],
                                                             cfg=full.teacher))  # not adapted: another teacher
     quick = get_profile("quick")  # capped data: not the same teacher
@@ -231,7 +236,7 @@ def test_adapt_step_comes_first_when_the_vocabulary_is_extended(tmp_path, tiny_b
     # another adaptation: the adapted backbone, the teacher and everything after it are made again
     longer = dataclasses.replace(profile, adapt=AdaptConfig(steps=4, batch_size=8, embeddings_only_steps=1))
     again = statuses(run_pipeline(**dict(kwargs, profile=longer)))
-    assert again["adapt"] == again["teacher"] == again["bilstm-crf-kd"] == "done"
+    assert again["adapt"] == again["teacher"] == again["bilstm-crf-kd"] == "done", again
     assert again["bilstm-crf"] == "skipped"  # trained on gold tags alone: it never saw the teacher
 
 
