@@ -166,7 +166,12 @@ def _is_unicode(strings: Sequence[str]) -> bool:
 
 
 def read_twofile(text_path: str | Path, tags_path: str | Path, name: str = "") -> Corpus:
-    """One sentence per line in ``text_path``, its space-separated tags on the same line of ``tags_path``."""
+    """One sentence per line in ``text_path``, its space-separated tags on the same line of ``tags_path``.
+
+    A text line is split on whitespace, one tag per token; a line without whitespace whose
+    tag count equals its character count (People's Daily style, ``北京欢迎你`` with five
+    tags) is read per character. The corpus is character-level when every line is read so.
+    """
     text_path, tags_path = Path(text_path), Path(tags_path)
     text_lines, tag_lines_raw = _read_lines(text_path), _read_lines(tags_path)
     while text_lines and not text_lines[-1].strip():
@@ -179,13 +184,22 @@ def read_twofile(text_path: str | Path, tags_path: str | Path, name: str = "") -
             f"{len(tag_lines_raw)} lines of tags but {len(text_lines)} lines of text in {text_path}; expected the same number",
         )
     tokens, tags, where = [], [], []
+    per_character = True
     for lineno, (t, g) in enumerate(zip(text_lines, tag_lines_raw), 1):
         toks, tgs = t.split(), g.split()
-        if len(toks) != len(tgs):
-            raise DataError(tags_path, lineno, f"{len(tgs)} tags for {len(toks)} tokens on line {lineno} of {text_path}; expected one tag per token")
+        by_character = len(toks) == 1 and len(tgs) == len(toks[0])
+        if by_character:
+            toks = list(toks[0])
+        elif len(toks) == 1 and len(toks[0]) > 1 and len(tgs) != 1:
+            raise DataError(tags_path, lineno, f"{len(tgs)} tags, expected {len(toks[0])} (one per character of unspaced "
+                                               f"text) or 1 (the line as one token) on line {lineno} of {text_path}")
+        elif len(toks) != len(tgs):
+            raise DataError(tags_path, lineno, f"{len(tgs)} tags, expected {len(toks)} (one per space-separated token) "
+                                               f"on line {lineno} of {text_path}")
         if toks:
+            per_character = per_character and by_character
             tokens.append(toks), tags.append(tgs), where.append([lineno] * len(tgs))
-    return _finish(tags_path, tokens, tags, where, False, name or text_path.name)
+    return _finish(tags_path, tokens, tags, where, per_character, name or text_path.name)
 
 
 def read_corpus(path: str | Path, fmt: str = "auto", tags_file: str | Path | None = None) -> Corpus:

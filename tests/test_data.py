@@ -90,8 +90,45 @@ def test_twofile_mismatched_line_counts(tmp_path):
     with pytest.raises(DataError, match="2 lines of tags but 3 lines of text"):
         read_twofile(t, g)
     g.write_text("O O\nO O\nO\n")
-    with pytest.raises(DataError, match=r"s.tags:2: 2 tags for 1 tokens"):
+    with pytest.raises(DataError, match=r"s.tags:2: 2 tags, expected 1 \(one per space-separated token\) on line 2 of "):
         read_twofile(t, g)
+
+
+def test_twofile_unspaced_text_is_read_per_character(tmp_path):
+    """People's Daily style: sentences without spaces, one tag per character."""
+    t, g = tmp_path / "pd.txt", tmp_path / "pd.tags"
+    t.write_text("北京欢迎你\n我爱北京\n")
+    g.write_text("B_LOC I_LOC O O O\nO O B_LOC I_LOC\n")
+    c = read_twofile(t, g)
+    assert c.tokens == [list("北京欢迎你"), list("我爱北京")]
+    assert c.tags[0] == ["B-LOC", "I-LOC", "O", "O", "O"]
+    assert c.char_level and c.separator == "_"
+
+
+def test_twofile_is_character_level_only_when_every_line_is_read_per_character(tmp_path):
+    t, g = tmp_path / "mixed.txt", tmp_path / "mixed.tags"
+    t.write_text("北京欢迎你\nAnna lives in Rome\nHello\n")
+    g.write_text("B-LOC I-LOC O O O\nB-PER O O B-LOC\nO\n")
+    c = read_twofile(t, g)
+    assert c.tokens == [list("北京欢迎你"), ["Anna", "lives", "in", "Rome"], ["Hello"]]
+    assert not c.char_level
+    t.write_text("北 京 欢 迎 你\n")  # spaced characters are tokens, as written
+    g.write_text("B-LOC I-LOC O O O\n")
+    c = read_twofile(t, g)
+    assert c.tokens == [list("北京欢迎你")] and not c.char_level
+
+
+@pytest.mark.parametrize("text, tags, expected", [
+    ("北京欢迎你", "B_LOC I_LOC O O", "4 tags, expected 5 (one per character of unspaced text) or 1 (the line as one token)"),
+    ("Anna lives in Rome", "B-PER O O", "3 tags, expected 4 (one per space-separated token)"),
+])
+def test_twofile_count_mismatch_says_which_count_disagreed(tmp_path, text, tags, expected):
+    t, g = tmp_path / "s.txt", tmp_path / "s.tags"
+    t.write_text("我\n" + text + "\n")
+    g.write_text("O\n" + tags + "\n")
+    with pytest.raises(DataError) as e:
+        read_twofile(t, g)
+    assert str(e.value) == f"{g}:2: {expected} on line 2 of {t}"
 
 
 def test_missing_file_and_unknown_format(tmp_path):
