@@ -47,6 +47,9 @@ from torch.autograd.function import once_differentiable
 
 REDUCTIONS = ("none", "sum", "mean")
 _TINY = 1e-300
+# Score added to a forbidden start or transition when decoding is constrained: finite, so
+# the meet-in-the-middle backtrace never adds -inf to +inf; far below any learned score.
+FORBIDDEN = -1e4
 
 
 class CRF(nn.Module):
@@ -142,10 +145,24 @@ class CRF(nn.Module):
         return tuple(p / temperature for p in params)  # type: ignore[return-value]
 
     # --- decoding --------------------------------------------------------------
+    def decoding_parameters(self, allowed: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(start_transitions, end_transitions, transitions)`` as Viterbi uses them, detached:
+        with ``allowed`` (``start`` (K,) and ``trans`` (K, K) bool, e.g. from
+        :func:`distill.schemes.allowed_transitions`) every forbidden start or transition
+        scores :data:`FORBIDDEN`, so no decoded path takes one."""
+        start, end, trans = (p.detach() for p in (self.start_transitions, self.end_transitions, self.transitions))
+        if allowed is not None:
+            ok_start, ok_trans = (torch.as_tensor(a, dtype=torch.bool, device=start.device) for a in allowed)
+            start = start.masked_fill(~ok_start, FORBIDDEN)
+            trans = trans.masked_fill(~ok_trans, FORBIDDEN)
+        return start, end, trans
+
     @torch.no_grad()
-    def decode(self, emissions: Tensor, mask: Tensor, pad: int = -1) -> Tensor:
+    def decode(self, emissions: Tensor, mask: Tensor, pad: int = -1,
+               allowed: tuple[np.ndarray, np.ndarray] | None = None) -> Tensor:
         """Viterbi: the best tag path per sentence, shape (B, T) long, ``pad`` past each
-        length. emissions: (B, T, K); mask: (B, T) bool. See :func:`_viterbi`."""
+        length. emissions: (B, T, K); mask: (B, T) bool; ``allowed``: constrain the paths
+        (see :meth:`decoding_parameters`). See :func:`_viterbi`."""
         lengths = self._check(emissions, mask)
         B, T, K = emissions.shape
         if B == 0:
@@ -153,8 +170,7 @@ class CRF(nn.Module):
         if emissions.dtype not in (torch.float32, torch.float64):
             emissions = emissions.float()
         em = emissions.detach().cpu().numpy()
-        trans, start, end = (p.detach().cpu().numpy().astype(em.dtype, copy=False)
-                             for p in (self.transitions, self.start_transitions, self.end_transitions))
+        start, end, trans = (p.cpu().numpy().astype(em.dtype, copy=False) for p in self.decoding_parameters(allowed))
         return torch.from_numpy(_viterbi(em, lengths, start, end, trans, pad)).to(emissions.device)
 
     # --- checks ----------------------------------------------------------------

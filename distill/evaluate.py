@@ -28,13 +28,23 @@ def predict_tags(model, sentences: Sequence[Sequence[str]], batch_size: int = 64
     return [[labels[i] for i in row] for row in predict_ids(model, sentences, batch_size, progress)]
 
 
+def as_written(bio: Sequence[str]) -> list[str]:
+    """The BIO tags ``distill predict`` writes for decoded ``bio``: its entities read the
+    lenient (conlleval) way, so a stray ``I-X`` starts an entity, written back as valid
+    IOB2. Identity on valid paths (what constrained decoding gives)."""
+    return schemes.convert(bio, "BIO", "BIO")
+
+
 def entity_metrics(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """Entity-level precision/recall/F1 (seqeval, strict IOB2 matching), micro and per type."""
+    """Entity-level precision/recall/F1, micro and per type, of the predictions as
+    ``distill predict`` writes them (:func:`as_written`): seqeval's strict IOB2 matching
+    on valid paths, which equals conlleval on the written tags. Scoring invalid paths
+    strictly instead would silently drop every entity that starts with ``I-``."""
     from seqeval.metrics import classification_report
     from seqeval.scheme import IOB2
 
     gold = [list(g) for g in gold if len(g)]
-    pred = [list(p) for p in pred if len(p)]
+    pred = [as_written(p) for p in pred if len(p)]
     report = classification_report(gold, pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
     per_type = {
         k: {"precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"], "support": int(v["support"])}

@@ -103,7 +103,12 @@ class Tagger(nn.Module):
         """Best tag ids (B, W), -1 at padding."""
         if self.crf is None:
             return out.emissions.argmax(-1).masked_fill(~out.mask, -1)
-        return self.crf.decode(out.emissions.float(), out.mask)
+        return self.crf.decode(out.emissions.float(), out.mask, allowed=self.allowed_transitions())
+
+    def allowed_transitions(self):
+        """The valid-path constraint for decoding (:func:`distill.schemes.allowed_transitions`
+        of the labels), or None when the model decodes freely (``meta["decoding"] == "free"``)."""
+        return allowed_for(self.labels, self.meta)
 
     @torch.inference_mode()
     def decode_batch(self, batch: dict[str, Tensor]) -> list[list[int]]:
@@ -171,6 +176,20 @@ class Tagger(nn.Module):
         return model
 
 
+DECODINGS = ("constrained", "free")
+
+
+def allowed_for(labels: Sequence[str], meta: dict[str, Any]):
+    """Constrained decoding is the default: every model folder decodes only valid BIO
+    paths unless its ``distill.json`` meta says ``"decoding": "free"``."""
+    from distill.schemes import allowed_transitions
+
+    decoding = meta.get("decoding", "constrained")
+    if decoding not in DECODINGS:
+        raise DistillError(f"decoding must be one of {', '.join(DECODINGS)}, got {decoding!r}")
+    return None if decoding == "free" else allowed_transitions(labels)
+
+
 def collate_extras(features: Sequence[dict], batch: dict[str, Tensor], W: int) -> None:
     """Pass per-word float extras of the features through as padded (B, W, K) tensors.
 
@@ -213,12 +232,26 @@ def model_class(kind: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def load_model(folder: str | Path) -> Any:
-    """Load any model folder distill wrote (teacher, student, quantized, ONNX)."""
+def load_model(folder: str | Path, decoding: str | None = None) -> Any:
+    """Load any model folder distill wrote (teacher, student, quantized, ONNX).
+
+    ``decoding`` (constrained|free) overrides the folder's own; an ONNX file's decoder
+    is part of its graph, so asking it for the other one is an error."""
     folder = Path(folder)
     info = read_meta(folder)
     try:
         cls = model_class(info["kind"])
     except DistillError as e:
         raise DistillError(f"{folder / META_FILE}: {e}") from None
-    return cls.load(folder, info)
+    if decoding is not None and decoding not in DECODINGS:
+        raise DistillError(f"--decoding must be one of {', '.join(DECODINGS)}, got {decoding!r}")
+    if decoding is not None and info["kind"] == "onnx":
+        baked = (info.get("meta") or {}).get("decoding", "free")  # exports before constrained decoding were free
+        if decoding != baked:
+            raise DistillError(f"{folder}: the ONNX graph decodes {baked}; re-export the source model for {decoding} decoding")
+    model = cls.load(folder, info)
+    if decoding is not None:
+        for m in (model, getattr(model, "inner", None)):
+            if m is not None:
+                m.meta["decoding"] = decoding
+    return model

@@ -12,7 +12,7 @@ OUTPUT_FORMATS = ("conll", "json")
 
 
 def eval_model(*, model: str | Path, dataset: dict, split: str = "test", out: str | Path | None = None,
-               batch_size: int = 64) -> dict[str, Any]:
+               batch_size: int = 64, decoding: str | None = None) -> dict[str, Any]:
     """Evaluate a model folder on a split; write metrics JSON (default ``MODEL/eval.json``)."""
     from distill.data import load_dataset
     from distill.evaluate import evaluate
@@ -21,7 +21,7 @@ def eval_model(*, model: str | Path, dataset: dict, split: str = "test", out: st
 
     if split not in ("test", "dev"):
         raise DistillError(f"--split must be test or dev, got {split!r}")
-    m = load_model(model)
+    m = load_model(model, decoding)
     ds = load_dataset(**dataset)
     corpus = ds.test if split == "test" else ds.dev
     if set(corpus.entity_types()) - {l[2:] for l in m.labels if l != "O"}:
@@ -52,7 +52,7 @@ def _read_raw(input: str) -> list[str]:
 
 def predict_file(*, model: str | Path, text: str | None = None, input: str | None = None, labelled: bool = False,
                  output_format: str = "conll", out: str | Path | None = None, batch_size: int = 64,
-                 stdout: TextIO | None = None) -> int:
+                 stdout: TextIO | None = None, decoding: str | None = None) -> int:
     """Tag text and write one block per input sentence; returns the number of sentences tagged."""
     from distill.data import read_corpus, split_text
     from distill.evaluate import predict_tags, to_output
@@ -66,7 +66,7 @@ def predict_file(*, model: str | Path, text: str | None = None, input: str | Non
             text.encode("utf-8")
         except UnicodeEncodeError as e:  # bytes that were not UTF-8 on the command line arrive as lone surrogates
             raise DistillError(f"TEXT is not valid UTF-8 (character {e.start + 1}); pass UTF-8 text") from None
-    m = load_model(model)
+    m = load_model(model, decoding)
     meta = m.meta
     char_level = bool(meta.get("char_level", False))
     scheme, sep = meta.get("scheme", "BIO"), meta.get("separator", "-")

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 SCHEMES = ("BIO", "IOB1", "BIOES", "BMES")
 _PREFIXES = set("BIESM")
 
@@ -146,3 +148,23 @@ def bio_labels(types: Sequence[str]) -> list[str]:
     for t in sorted(set(types)):
         labels += [f"B-{t}", f"I-{t}"]
     return labels
+
+
+def allowed_transitions(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Which BIO (IOB2) paths are valid for a label set (AllenNLP's ``allowed_transitions``).
+
+    Returns ``start`` (K,) bool, true for tags a sentence may begin with, and ``trans``
+    (K, K) bool, ``trans[i, j]`` true when tag j may follow tag i: ``I-X`` only begins
+    nowhere and follows only ``B-X`` or ``I-X``; everything else is free, and any tag
+    may end a sentence. A path that obeys these is exactly one whose entities
+    :func:`to_spans` reads the same under strict and lenient matching.
+    """
+    parsed = [parse_tag(label) for label in labels]
+    inside = np.array([p == "I" for p, _, _ in parsed])
+    types = [t for _, t, _ in parsed]
+    start = ~inside
+    trans = np.ones((len(labels), len(labels)), dtype=bool)
+    for j, (p, t, _) in enumerate(parsed):
+        if p == "I":
+            trans[:, j] = [types[i] == t and parsed[i][0] in "BI" for i in range(len(labels))]
+    return start, trans

@@ -110,11 +110,12 @@ class MaskedBiLSTM(nn.Module):
         return x
 
 
-def viterbi(crf: CRF, emissions: Tensor, mask: Tensor) -> Tensor:
+def viterbi(crf: CRF, emissions: Tensor, mask: Tensor, allowed=None) -> Tensor:
     """:meth:`distill.crf.CRF.decode` written with ``scan`` so it exports as ONNX loops.
 
     emissions: (B, T, K); mask: (B, T) bool, real positions first. Returns (B, T) long,
-    -1 past each length. One padded step is appended so every scan runs at least once
+    -1 past each length; ``allowed`` constrains the paths as in :meth:`CRF.decode`
+    (the penalties become constants of the graph). One padded step is appended so every scan runs at least once
     (ONNX Runtime rejects a reverse Scan over zero steps, i.e. T = 1).
     """
     from torch._higher_order_ops.scan import scan
@@ -123,7 +124,7 @@ def viterbi(crf: CRF, emissions: Tensor, mask: Tensor) -> Tensor:
     emissions = emissions.detach()  # decoding is not differentiable; scan would trace gradients
     emissions = torch.cat([emissions, emissions.new_zeros(B, 1, K)], 1)
     full_mask = torch.cat([mask, mask.new_zeros(B, 1)], 1)
-    start, end, transitions = (p.detach() for p in (crf.start_transitions, crf.end_transitions, crf.transitions))
+    start, end, transitions = crf.decoding_parameters(allowed)
     identity = torch.arange(K, device=emissions.device).unsqueeze(0).expand(B, K)
 
     def forward_step(score: Tensor, xs: tuple[Tensor, Tensor]):
@@ -176,7 +177,7 @@ class ExportGraph(nn.Module):
         emissions, mask = self.emissions(*inputs)
         if self.source.crf is None:  # a softmax head (the teacher ablation)
             return emissions, emissions.argmax(-1).masked_fill(~mask, -1)
-        return emissions, viterbi(self.source.crf, emissions, mask)
+        return emissions, viterbi(self.source.crf, emissions, mask, self.source.allowed_transitions())
 
 
 def _example_batch(source: Tagger, sentences: Sequence[Sequence[str]]) -> dict[str, Tensor]:
@@ -376,6 +377,7 @@ def _export(model: Path, out: Path | None, int8: bool, dataset: dict | None, che
     if int8:
         options.update(per_channel=per_channel, backend="onnxruntime.quantization.quantize_dynamic (QInt8 weights)")
     meta = derived_meta(source, model, method, options)
+    meta["decoding"] = "constrained" if source.allowed_transitions() is not None else "free"  # baked into the graph
     meta.update(inputs=list(INPUTS[source.kind]), outputs=list(OUTPUTS))
 
     def write(tmp: Path) -> None:

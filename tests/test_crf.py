@@ -278,3 +278,26 @@ def test_values_at_padding_are_ignored():
         e = dirty.clone().requires_grad_()
         crf(e, tags, mask).backward()
         assert torch.isfinite(e.grad).all() and (e.grad[~mask] == 0).all()
+
+
+def test_constrained_viterbi_is_the_best_valid_path_by_brute_force():
+    """With ``allowed``, decode returns the best path among those that obey it (oracle:
+    every path scored, the forbidden ones dropped), and never a forbidden one, even
+    where the free best path takes one."""
+    from distill.schemes import allowed_transitions
+
+    labels = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    ok_start, ok_trans = allowed_transitions(labels)
+    differs = 0
+    for seed in range(12):
+        crf, emissions, mask, _ = make(seed, lengths=[4, 3, 1, 2], scale=3.0)
+        got = crf.decode(emissions, mask, allowed=(ok_start, ok_trans))
+        free = crf.decode(emissions, mask)
+        for b in range(emissions.size(0)):
+            L = int(mask[b].sum())
+            valid = [p for p in itertools.product(range(K), repeat=L)
+                     if ok_start[p[0]] and all(ok_trans[x, y] for x, y in zip(p, p[1:]))]
+            best = max(valid, key=lambda p: float(path_score(crf, emissions[b], p)))
+            assert got[b, :L].tolist() == list(best)
+            differs += got[b, :L].tolist() != free[b, :L].tolist()
+    assert differs > 0  # the constraint changed some decodes: the test exercises it

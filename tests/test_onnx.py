@@ -57,6 +57,7 @@ def _random_lengths(rng, batch: int, longest: int) -> list[int]:
 
 
 def test_viterbi_scan_equals_crf_decode():
+    from distill.schemes import allowed_transitions
     from quantize.onnx_export import viterbi
 
     torch.manual_seed(0)
@@ -69,6 +70,8 @@ def test_viterbi_scan_equals_crf_decode():
         lengths[0] = T
         mask = torch.arange(T)[None] < lengths[:, None]
         assert torch.equal(viterbi(crf, emissions, mask), crf.decode(emissions, mask))
+        allowed = allowed_transitions(["O", "B-A", "I-A", "B-B", "I-B"])
+        assert torch.equal(viterbi(crf, emissions, mask, allowed), crf.decode(emissions, mask, allowed=allowed))
 
 
 def test_bare_session_decodes_random_padded_bert_batches_like_pytorch(bert_source, bert_onnx):

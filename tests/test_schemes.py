@@ -55,3 +55,27 @@ def test_lenient_reading_of_stray_inside_tag():
 
 def test_bio_labels_order():
     assert schemes.bio_labels(["PER", "LOC", "PER"]) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+
+
+def test_allowed_transitions_forbid_exactly_the_invalid_iob2_moves():
+    from distill.schemes import allowed_transitions
+
+    labels = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    start, trans = allowed_transitions(labels)
+    assert start.tolist() == [True, True, False, True, False]
+    # I-LOC only after B-LOC or I-LOC; I-PER only after B-PER or I-PER; the rest free
+    assert trans[:, 2].tolist() == [False, True, True, False, False]
+    assert trans[:, 4].tolist() == [False, False, False, True, True]
+    assert trans[:, [0, 1, 3]].all()
+
+
+def test_entity_metrics_score_invalid_paths_as_predict_writes_them():
+    """A stray I-X is an entity in what predict writes (and for conlleval), so it is a
+    false positive here too; strict seqeval on the raw path would drop it silently."""
+    from distill.evaluate import as_written, entity_metrics
+
+    gold = [["B-LOC", "I-LOC", "O", "O"]]
+    pred = [["B-LOC", "I-LOC", "O", "I-PER"]]
+    assert as_written(pred[0]) == ["B-LOC", "I-LOC", "O", "B-PER"]
+    m = entity_metrics(gold, pred)
+    assert (m["precision"], m["recall"]) == (0.5, 1.0)

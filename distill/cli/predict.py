@@ -9,8 +9,12 @@ from typing import Optional
 import typer
 
 from distill.cli import app
-from distill.cli.common import DATASET, DEV, FORMAT, MAX_TEST, TEST, TRAIN, dataset_kwargs, quiet_libraries
+from distill.cli.common import (DATASET, DEV, DEV_TAGS_FILE, FORMAT, FORMATS_HELP, MAX_TEST, TAGS_FILE, TEST,
+                                TEST_TAGS_FILE, TRAIN, dataset_kwargs, quiet_libraries, tags_option)
 from distill.errors import DistillError
+
+DECODING = typer.Option(None, help="constrained | free: Viterbi over valid BIO paths only (the default, "
+                        "recorded in the model folder) or over every path.")
 
 
 @app.command("eval")
@@ -20,14 +24,17 @@ def eval_cmd(
     split: str = typer.Option("test", help="test | dev"),
     batch_size: int = typer.Option(64),
     dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
-    fmt: str = FORMAT, max_test: Optional[int] = MAX_TEST,
+    fmt: str = FORMAT, max_test: Optional[int] = MAX_TEST, decoding: Optional[str] = DECODING,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
+    test_tags_file: Optional[Path] = TEST_TAGS_FILE,
 ):
     """Entity-level precision/recall/F1 (seqeval, strict) on the test (or dev) split."""
     quiet_libraries()
     from distill.predict import eval_model
 
-    metrics = eval_model(model=model, out=out, split=split, batch_size=batch_size,
-                         dataset=dataset_kwargs(dataset, train, dev, test, fmt, None, None, max_test))
+    data = dataset_kwargs(dataset, train, dev, test, fmt, None, None, max_test, tags_file=tags_file,
+                          dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
+    metrics = eval_model(model=model, out=out, split=split, batch_size=batch_size, decoding=decoding, dataset=data)
     from distill.evaluate import format_metrics
 
     print(format_metrics(metrics))
@@ -38,10 +45,14 @@ def predict_cmd(
     model: Path = typer.Argument(..., help="Model folder."),
     text: Optional[str] = typer.Argument(None, help="Raw text to tag; omit and use --input for a file."),
     input: Optional[str] = typer.Option(None, "--input", "-i", help="File of raw text (one sentence per line), a labelled file with --labelled, or - for stdin."),
-    labelled: bool = typer.Option(False, help="The input is a labelled corpus (CoNLL/MSRA/JSONL): tag its tokens."),
-    output_format: str = typer.Option("conll", "--output-format", help="conll | json"),
+    labelled: bool = typer.Option(False, help="The input is a labelled corpus (CoNLL/MSRA/JSONL/two files): tag its tokens."),
+    fmt: str = typer.Option("auto", "--format", help=f"Format of a --labelled input: {FORMATS_HELP}."),
+    tags_file: Optional[Path] = tags_option("--tags-file", "a --labelled --input"),
+    output_format: Optional[str] = typer.Option(None, "--output-format", help="conll | json | tags (one line of tags "
+                                                "per text line: the default for a two-file input, else conll)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
     batch_size: int = typer.Option(64),
+    decoding: Optional[str] = DECODING,
 ):
     """Tag raw text (split as the model's training data was) and print CoNLL or JSON with entity spans."""
     quiet_libraries()
@@ -49,5 +60,5 @@ def predict_cmd(
 
     if text is None and input is None:
         raise DistillError("give TEXT or --input FILE (- for stdin)")
-    predict_file(model=model, text=text, input=input, labelled=labelled, output_format=output_format, out=out,
-                 batch_size=batch_size, stdout=sys.stdout)
+    predict_file(model=model, text=text, input=input, labelled=labelled, fmt=fmt, tags_file=tags_file,
+                 output_format=output_format, out=out, batch_size=batch_size, stdout=sys.stdout, decoding=decoding)
