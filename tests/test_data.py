@@ -183,3 +183,37 @@ def test_split_long_without_punctuation_cuts_at_limit_and_handles_huge_words():
     assert split_long(tokens, [1] * 25, 10) == [(0, 10), (10, 20), (20, 25)]
     # a word longer than the limit still gets a piece of its own
     assert split_long(["a", "b", "c"], [1, 50, 1], 10) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_load_dataset_reads_each_part_with_its_tag_file(resources):
+    twofile = resources / "twofile"
+    ds = load_dataset(train=twofile / "zh_train.txt", tags_file=twofile / "zh_train.tags",
+                      dev=twofile / "zh_test.txt", dev_tags_file=twofile / "zh_test.tags",
+                      test=twofile / "zh_test.txt", test_tags_file=twofile / "zh_test.tags", fmt="twofile")
+    assert (len(ds.train), len(ds.dev), len(ds.test)) == (16, 8, 8)
+    assert ds.train.char_level and ds.train.separator == "_" and ds.train.tokens[0][:2] == ["农", "历"]
+    assert ds.info["train_tags_file"] == str(twofile / "zh_train.tags")
+    # a tag file alone says the format: --format auto reads the same data
+    auto = load_dataset(train=twofile / "zh_train.txt", tags_file=twofile / "zh_train.tags",
+                        test=twofile / "zh_test.txt", test_tags_file=twofile / "zh_test.tags")
+    assert sorted(auto.train.tokens + auto.dev.tokens) == sorted(ds.train.tokens) and auto.test.tokens == ds.test.tokens
+    # beside the built-in MSRA data
+    assert load_dataset(test=twofile / "zh_test.txt", test_tags_file=twofile / "zh_test.tags",
+                        max_train=5).test.tokens == ds.test.tokens
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"train": "zh_train.txt", "fmt": "twofile"}, "--format twofile: --train {r}/zh_train.txt needs its tag file (--tags-file FILE)"),
+    ({"train": "zh_train.txt", "tags_file": "zh_train.tags", "test": "zh_test.txt", "fmt": "twofile"},
+     "--format twofile: --test {r}/zh_test.txt needs its tag file (--test-tags-file FILE)"),
+    ({"train": "zh_train.txt", "tags_file": "zh_train.tags", "dev_tags_file": "zh_test.tags"},
+     "--dev-tags-file {r}/zh_test.tags: give --dev too, the text file these tags belong to"),
+    ({"train": "zh_train.txt", "tags_file": "zh_train.tags", "fmt": "conll"},
+     "{r}/zh_train.tags: a tag file is for --format twofile, not conll"),
+])
+def test_load_dataset_tag_file_errors_name_the_option(resources, kwargs, message):
+    r = resources / "twofile"
+    kwargs = {k: (r / v if k != "fmt" else v) for k, v in kwargs.items()}
+    with pytest.raises(DistillError) as e:
+        load_dataset(**kwargs)
+    assert str(e.value) == message.format(r=r)

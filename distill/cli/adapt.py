@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from distill.cli.common import DATASET, FORMAT, MAX_TRAIN, TRAIN, dataset_kwargs, quiet_libraries
+from distill.cli.common import DATASET, FORMAT, MAX_TRAIN, TAGS_FILE, TRAIN, dataset_kwargs, quiet_libraries
 from distill.cli.teacher import teacher_app
 
 
@@ -35,6 +35,7 @@ def adapt_cmd(
     checkpoint_every: int = typer.Option(200, help="Write a resumable checkpoint every N steps (and on Ctrl-C)."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT.work/."),
     dataset: str = DATASET, train: Optional[Path] = TRAIN, fmt: str = FORMAT, max_train: Optional[int] = MAX_TRAIN,
+    tags_file: Optional[Path] = TAGS_FILE,
 ):
     """Continue masked-language-model pretraining of a backbone on in-domain text (after the
     vocabulary extension), for `distill teacher train --backbone OUT`."""
@@ -42,11 +43,12 @@ def adapt_cmd(
     from distill.errors import DistillError
     from teachers.adapt import adapt_backbone
 
-    if text is not None and (train is not None or max_train is not None):
-        raise DistillError("--text replaces the dataset; drop --train/--max-train or --text")
+    if text is not None and (train is not None or max_train is not None or tags_file is not None):
+        raise DistillError("--text replaces the dataset; drop --train/--tags-file/--max-train or --text")
     summary = adapt_backbone(
         out=out, backbone=backbone, text=text,
-        dataset=None if text is not None else dataset_kwargs(dataset, train, None, None, fmt, max_train, None, None),
+        dataset=None if text is not None else dataset_kwargs(dataset, train, None, None, fmt, max_train, None, None,
+                                                             tags_file=tags_file),
         steps=steps, epochs=epochs, batch_size=batch_size, max_length=max_length, lr=lr, embedding_lr=embedding_lr,
         head_lr=head_lr, embeddings_only_steps=embeddings_only_steps, mask_prob=mask_prob, warmup=warmup, seed=seed,
         extend_vocab=extend_vocab, min_count=min_count, char_level=char_level, checkpoint_every=checkpoint_every,

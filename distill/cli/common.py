@@ -10,11 +10,24 @@ from typing import Optional
 
 import typer
 
-DATASET = typer.Option("msra", "--dataset", help="Built-in dataset name (used when --train is not given).")
-TRAIN = typer.Option(None, "--train", help="Training file (CoNLL, MSRA, JSONL); default: the built-in dataset.")
+DEFAULT_DATASET = "msra"
+DATASET = typer.Option(DEFAULT_DATASET, "--dataset", help="Built-in dataset name (used when --train is not given).")
+TRAIN = typer.Option(None, "--train", help="Training file (CoNLL, MSRA, JSONL, or the text of two files); default: the built-in dataset.")
 DEV = typer.Option(None, "--dev", help="Dev file; default: a deterministic split carved from train.")
 TEST = typer.Option(None, "--test", help="Test file; default: the built-in test set (or dev).")
-FORMAT = typer.Option("auto", "--format", help="auto|conll|msra|jsonl")
+FORMATS_HELP = "auto|conll|msra|jsonl|twofile (twofile: text file plus a tag file; a tag file implies it)"
+FORMAT = typer.Option("auto", "--format", help=FORMATS_HELP)
+
+
+def tags_option(flag: str, of: str):
+    """The option naming the tag file of a data file in the two-file format."""
+    return typer.Option(None, flag, help=f"Tag file of {of} (two-file format): one line of space-separated tags per "
+                                         "text line; one tag per character for text without spaces.")
+
+
+TAGS_FILE = tags_option("--tags-file", "--train")
+DEV_TAGS_FILE = tags_option("--dev-tags-file", "--dev")
+TEST_TAGS_FILE = tags_option("--test-tags-file", "--test")
 MAX_TRAIN = typer.Option(None, "--max-train", help="Use a deterministic random subset of this many train sentences.")
 MAX_DEV = typer.Option(None, "--max-dev", help="Use at most this many dev sentences.")
 MAX_TEST = typer.Option(None, "--max-test", help="Use at most this many test sentences.")
@@ -39,6 +52,13 @@ def quiet_libraries() -> None:
 
 
 def dataset_kwargs(dataset: str, train: Optional[Path], dev: Optional[Path], test: Optional[Path], fmt: str,
-                   max_train: Optional[int], max_dev: Optional[int], max_test: Optional[int]) -> dict:
-    return dict(name=dataset, train=train, dev=dev, test=test, fmt=fmt,
-                max_train=max_train, max_dev=max_dev, max_test=max_test)
+                   max_train: Optional[int], max_dev: Optional[int], max_test: Optional[int], *,
+                   tags_file: Optional[Path] = None, dev_tags_file: Optional[Path] = None,
+                   test_tags_file: Optional[Path] = None) -> dict:
+    """:func:`distill.data.load_dataset` kwargs from the shared data options. Tag files are
+    included only when given, so the data a model records is unchanged without them."""
+    kwargs = dict(name=dataset, train=train, dev=dev, test=test, fmt=fmt,
+                  max_train=max_train, max_dev=max_dev, max_test=max_test)
+    tag_files = dict(tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
+    kwargs.update({k: v for k, v in tag_files.items() if v is not None})
+    return kwargs

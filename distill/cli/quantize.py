@@ -13,7 +13,8 @@ from typing import Optional
 import typer
 
 from distill.cli import app
-from distill.cli.common import DATASET, DEV, FORMAT, MAX_DEV, MAX_TRAIN, TEST, TRAIN, dataset_kwargs, quiet_libraries
+from distill.cli.common import (DATASET, DEFAULT_DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV, MAX_TRAIN, TAGS_FILE,
+                                TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs, quiet_libraries)
 
 quantize_app = typer.Typer(no_args_is_help=True, help="Quantize a trained model: int8, onnx, onnx-int8, bnb8, fp16.")
 app.add_typer(quantize_app, name="quantize")
@@ -25,14 +26,17 @@ CHECK_TRAIN = typer.Option(None, "--train", help="Data to take the check's dev s
 CHECK_DEV = typer.Option(None, "--dev", help="Dev file for the check (default: carved from --train, or the model's).")
 
 
-def _check_data(train: Optional[Path], dev: Optional[Path], fmt: str) -> Optional[dict]:
+def _check_data(train: Optional[Path], dev: Optional[Path], fmt: str, tags_file: Optional[Path],
+                dev_tags_file: Optional[Path]) -> Optional[dict]:
+    """The check's data from --train/--dev (and their tag files), or None: the model's own training data."""
     if train is None:
         if dev is not None:
             from distill.errors import DistillError
 
             raise DistillError("--dev needs --train (the check otherwise uses the model's own training data)")
         return None
-    return dataset_kwargs("msra", train, dev, None, fmt, None, None, None)
+    return dataset_kwargs(DEFAULT_DATASET, train, dev, None, fmt, None, None, None, tags_file=tags_file,
+                          dev_tags_file=dev_tags_file)
 
 
 def _run(method: str, model: Path, out: Optional[Path], **options) -> None:
@@ -48,18 +52,21 @@ def int8_cmd(
     scheme: str = typer.Option("per-channel", "--scheme", help="Linear weight scales: per-channel | per-tensor."),
     lstm: bool = typer.Option(True, "--lstm/--no-lstm", help="Quantize LSTM layers too (BiLSTM models)."),
     check: int = CHECK, train: Optional[Path] = CHECK_TRAIN, dev: Optional[Path] = CHECK_DEV, fmt: str = FORMAT,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
 ):
     """PyTorch dynamic int8 (CPU): int8 Linear (and LSTM) weights, activations quantized per batch."""
-    _run("int8", model, out, scheme=scheme, lstm=lstm, check=check, dataset=_check_data(train, dev, fmt))
+    _run("int8", model, out, scheme=scheme, lstm=lstm, check=check,
+         dataset=_check_data(train, dev, fmt, tags_file, dev_tags_file))
 
 
 @quantize_app.command("onnx")
 def onnx_cmd(
     model: Path = MODEL, out: Optional[Path] = OUT,
     check: int = CHECK, train: Optional[Path] = CHECK_TRAIN, dev: Optional[Path] = CHECK_DEV, fmt: str = FORMAT,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
 ):
     """Export to one ONNX file with the CRF's Viterbi decoding inside (run by ONNX Runtime)."""
-    _run("onnx", model, out, check=check, dataset=_check_data(train, dev, fmt))
+    _run("onnx", model, out, check=check, dataset=_check_data(train, dev, fmt, tags_file, dev_tags_file))
 
 
 @quantize_app.command("onnx-int8")
@@ -67,9 +74,11 @@ def onnx_int8_cmd(
     model: Path = MODEL, out: Optional[Path] = OUT,
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Weight scales per output channel."),
     check: int = CHECK, train: Optional[Path] = CHECK_TRAIN, dev: Optional[Path] = CHECK_DEV, fmt: str = FORMAT,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
 ):
     """ONNX export as `quantize onnx`, then ONNX Runtime dynamic int8 quantization of its weights."""
-    _run("onnx-int8", model, out, per_channel=per_channel, check=check, dataset=_check_data(train, dev, fmt))
+    _run("onnx-int8", model, out, per_channel=per_channel, check=check,
+         dataset=_check_data(train, dev, fmt, tags_file, dev_tags_file))
 
 
 @quantize_app.command("bnb8")
@@ -78,9 +87,11 @@ def bnb8_cmd(
     threshold: float = typer.Option(6.0, "--threshold", help="LLM.int8 outlier threshold (0: all int8)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (where the check runs)."),
     check: int = CHECK, train: Optional[Path] = CHECK_TRAIN, dev: Optional[Path] = CHECK_DEV, fmt: str = FORMAT,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
 ):
     """bitsandbytes 8-bit Linear layers (LLM.int8), on CUDA or CPU."""
-    _run("bnb8", model, out, threshold=threshold, device=device, check=check, dataset=_check_data(train, dev, fmt))
+    _run("bnb8", model, out, threshold=threshold, device=device, check=check,
+         dataset=_check_data(train, dev, fmt, tags_file, dev_tags_file))
 
 
 @quantize_app.command("fp16")
@@ -88,9 +99,10 @@ def fp16_cmd(
     model: Path = MODEL, out: Optional[Path] = OUT,
     device: str = typer.Option("cuda", "--device", help="cuda (default; needs a GPU) | cpu (make and check it on CPU anyway)."),
     check: int = CHECK, train: Optional[Path] = CHECK_TRAIN, dev: Optional[Path] = CHECK_DEV, fmt: str = FORMAT,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
 ):
     """Half precision (CRF kept fp32) for GPU inference."""
-    _run("fp16", model, out, device=device, check=check, dataset=_check_data(train, dev, fmt))
+    _run("fp16", model, out, device=device, check=check, dataset=_check_data(train, dev, fmt, tags_file, dev_tags_file))
 
 
 @app.command("prune")
@@ -106,6 +118,8 @@ def prune_cmd(
     temperature: float = typer.Option(4.0, "--T", "--temperature", help="With --teacher: distillation temperature."),
     dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
     fmt: str = FORMAT, max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
+    test_tags_file: Optional[Path] = TEST_TAGS_FILE,
 ):
     """Prune weights by magnitude, or BERT attention heads by importance (Michel et al. 2019); optionally fine-tune."""
     quiet_libraries()
@@ -113,6 +127,7 @@ def prune_cmd(
 
     data = None
     if train is not None or max_train is not None or max_dev is not None:
-        data = dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, None)
+        data = dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, None, tags_file=tags_file,
+                              dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
     prune(model=model, out=out, method=method, sparsity=sparsity, finetune_epochs=finetune_epochs, teacher=teacher,
           dataset=data, lr=lr, alpha=alpha, temperature=temperature)

@@ -8,18 +8,23 @@ from typing import Optional
 import typer
 
 from distill.cli import app
-from distill.cli.common import DEV, FORMAT, MAX_DEV, MAX_TEST, MAX_TRAIN, TEST, TRAIN, quiet_libraries
+from distill.cli.common import (DEFAULT_DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV, MAX_TEST, MAX_TRAIN, TAGS_FILE,
+                                TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs, quiet_libraries)
 from distill.errors import DistillError
 
 THREADS = typer.Option(None, "--threads", help="Threads for every model (torch and ONNX Runtime); default: the CPU's cores.")
 
 
-def _dataset(dataset: Optional[str], train, dev, test, fmt: str, **caps) -> Optional[dict]:
-    """Dataset kwargs when any data option was given, else None (the command's own default)."""
-    given = {k: v for k, v in caps.items() if v is not None}
-    if dataset is None and train is None and dev is None and test is None and fmt == "auto" and not given:
+def _dataset(dataset: Optional[str], train, dev, test, fmt: str, tags_file, dev_tags_file, test_tags_file,
+             max_train=None, max_dev=None, max_test=None) -> Optional[dict]:
+    """Dataset kwargs of the options given (so the run's own caps stay), or None when none
+    was: the command's own default."""
+    kwargs = dataset_kwargs(dataset or DEFAULT_DATASET, train, dev, test, fmt, max_train, max_dev, max_test,
+                            tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    if dataset is None and fmt == "auto" and set(given) == {"name", "fmt"}:
         return None
-    return dict(name=dataset or "msra", train=train, dev=dev, test=test, fmt=fmt, **given)
+    return given
 
 
 @app.command("report")
@@ -29,6 +34,8 @@ def report_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset; default: the run's profile.json data, else msra."),
     train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST, fmt: str = FORMAT,
     max_test: Optional[int] = MAX_TEST,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
+    test_tags_file: Optional[Path] = TEST_TAGS_FILE,
     threads: Optional[int] = THREADS,
     latency_sentences: int = typer.Option(500, "--latency-sentences", help="Test sentences timed one by one at batch size 1."),
     batch_size: int = typer.Option(32, "--batch-size", help="Batch size of the throughput measurement."),
@@ -39,7 +46,8 @@ def report_cmd(
     quiet_libraries()
     from distill.report import make_report
 
-    report = make_report(run_dir=run_dir, out=out, dataset=_dataset(dataset, train, dev, test, fmt), max_test=max_test,
+    data = _dataset(dataset, train, dev, test, fmt, tags_file, dev_tags_file, test_tags_file)
+    report = make_report(run_dir=run_dir, out=out, dataset=data, max_test=max_test,
                          threads=threads, latency_sentences=latency_sentences, batch_size=batch_size, warmup=warmup,
                          gpu=gpu)
     where = out or run_dir / "report"
@@ -55,6 +63,8 @@ def run_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset name (default msra)."),
     train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST, fmt: str = FORMAT,
     max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV, max_test: Optional[int] = MAX_TEST,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
+    test_tags_file: Optional[Path] = TEST_TAGS_FILE,
     threads: Optional[int] = THREADS,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
@@ -62,7 +72,7 @@ def run_cmd(
     quiet_libraries()
     from distill.pipeline import run_pipeline
 
-    run_pipeline(run_dir=run_dir, profile=profile, backbone=backbone, threads=threads, quiet=quiet,
-                 dataset=_dataset(dataset, train, dev, test, fmt, max_train=max_train, max_dev=max_dev, max_test=max_test))
+    data = _dataset(dataset, train, dev, test, fmt, tags_file, dev_tags_file, test_tags_file, max_train, max_dev, max_test)
+    run_pipeline(run_dir=run_dir, profile=profile, backbone=backbone, threads=threads, quiet=quiet, dataset=data)
     if not Path(run_dir, "report", "report.json").exists():
         raise DistillError(f"{run_dir}: the pipeline finished without a report")

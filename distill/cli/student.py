@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from distill.cli import app
-from distill.cli.common import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DATASET, DEV, FORMAT, MAX_DEV, MAX_TEST,
-                                MAX_TRAIN, TEST, TRAIN, dataset_kwargs, quiet_libraries)
+from distill.cli.common import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV,
+                                MAX_TEST, MAX_TRAIN, TAGS_FILE, TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs,
+                                quiet_libraries)
 from distill.errors import DistillError
 
 
@@ -56,6 +57,8 @@ def student_cmd(
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT.work/."),
     dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
     fmt: str = FORMAT, max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV, max_test: Optional[int] = MAX_TEST,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
+    test_tags_file: Optional[Path] = TEST_TAGS_FILE,
     checkpoint_minutes: float = CHECKPOINT_MINUTES, checkpoint_every: int = CHECKPOINT_EVERY,
 ):
     """Train a student on gold tags and the teacher's soft emissions:
@@ -72,7 +75,8 @@ def student_cmd(
                                checkpoint_every=checkpoint_every)
     summary = train_student(
         out=out, teacher=teacher, arch=arch,
-        dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test),
+        dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test, tags_file=tags_file,
+                               dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
         alpha=alpha, temperature=temperature, kd=kd, hidden_weight=hidden_weight, emissions=emissions,
         num_layers=num_layers, layers=layer_list, embedding_dim=embedding_dim, hidden_size=hidden_size,
         lstm_layers=lstm_layers, dropout=dropout, init_embeddings=init_embeddings, min_count=min_count,

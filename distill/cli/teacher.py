@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from distill.cli import app
-from distill.cli.common import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DATASET, DEV, FORMAT, MAX_DEV, MAX_TEST,
-                                MAX_TRAIN, TEST, TRAIN, dataset_kwargs, quiet_libraries)
+from distill.cli.common import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV,
+                                MAX_TEST, MAX_TRAIN, TAGS_FILE, TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs,
+                                quiet_libraries)
 
 teacher_app = typer.Typer(no_args_is_help=True, help="Train, evaluate and emit from a BERT-CRF teacher.")
 app.add_typer(teacher_app, name="teacher")
@@ -40,6 +41,8 @@ def train_cmd(
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT.work/."),
     dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
     fmt: str = FORMAT, max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV, max_test: Optional[int] = MAX_TEST,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
+    test_tags_file: Optional[Path] = TEST_TAGS_FILE,
     checkpoint_minutes: float = CHECKPOINT_MINUTES, checkpoint_every: int = CHECKPOINT_EVERY,
 ):
     """Fine-tune a BERT-family encoder with a CRF head on a labelled corpus."""
@@ -55,7 +58,8 @@ def train_cmd(
         from distill.errors import DistillError
         raise DistillError(str(e)) from None
     summary = train_teacher(
-        out=out, dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test),
+        out=out, dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test,
+                                        tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
         backbone=backbone, head=head, extend_vocab=extend_vocab, random_init=random_init, num_layers=num_layers,
         freeze_layers=freeze_layers, dropout=dropout, max_length=max_length, train_config=cfg, resume=resume)
     print(f"best dev F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
@@ -69,12 +73,15 @@ def eval_cmd(
     batch_size: int = typer.Option(64),
     dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
     fmt: str = FORMAT, max_test: Optional[int] = MAX_TEST,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
+    test_tags_file: Optional[Path] = TEST_TAGS_FILE,
 ):
     """Entity-level precision/recall/F1 (seqeval, strict) of any model folder."""
     from distill.cli.predict import eval_cmd as generic
 
     generic(model=model, out=out, split=split, batch_size=batch_size, dataset=dataset, train=train, dev=dev,
-            test=test, fmt=fmt, max_test=max_test)
+            test=test, fmt=fmt, max_test=max_test, tags_file=tags_file, dev_tags_file=dev_tags_file,
+            test_tags_file=test_tags_file)
 
 
 @teacher_app.command("emit")
@@ -84,11 +91,14 @@ def emit_cmd(
     batch_size: int = typer.Option(64),
     dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
     fmt: str = FORMAT, max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV,
+    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
+    test_tags_file: Optional[Path] = TEST_TAGS_FILE,
 ):
     """Write the teacher's word-level emissions on the training data for students to learn from."""
     quiet_libraries()
     from distill.emissions import emit
 
-    folder = emit(model=model, out=out, dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, None),
-                  batch_size=batch_size)
+    data = dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, None, tags_file=tags_file,
+                          dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
+    folder = emit(model=model, out=out, dataset=data, batch_size=batch_size)
     print(f"emissions written to {folder}")
