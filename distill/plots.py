@@ -3,6 +3,7 @@ and written atomically as PNG."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,25 +31,95 @@ def _plain_log_axis(axis, values: Sequence[float]) -> None:
     axis.set_minor_formatter(label if narrow else NullFormatter())
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, layout: bool = True) -> Path:
+    """Write ``fig`` as PNG (``layout``: run tight_layout first; off when labels were placed
+    on the final layout and must not move)."""
+    if layout:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
 
 
+def _ring_spots(point, size, gap: float, step: float, rings: int):
+    """Lower-left corners for a ``size`` (w, h) box around ``point``, nearest first: the four
+    corners and two sides next to the point, then rings of 16 directions ``step`` further out."""
+    (x, y), (w, h) = point, size
+    yield from [(x + gap, y + gap), (x - gap - w, y + gap), (x + gap, y - gap - h), (x - gap - w, y - gap - h),
+                (x + gap, y - h / 2), (x - gap - w, y - h / 2)]
+    for k in range(1, rings + 1):
+        for i in range(16):
+            a = math.pi * i / 8
+            cx = x + math.cos(a) * (w / 2 + gap + k * step)
+            cy = y + math.sin(a) * (h / 2 + gap + k * step)
+            yield cx - w / 2, cy - h / 2
+
+
+def _place_labels(ax, points: Sequence[tuple[float, float]], texts: Sequence[str], radii: Sequence[float],
+                  fontsize: float = 8, pad: float = 3.0) -> list:
+    """Label every point so that no two labels overlap; returns the annotations.
+
+    Works in display pixels, measured with the figure's renderer, so the layout must be final.
+    Each label, in order, takes the spot nearest its point (:func:`_ring_spots`) that lies in
+    the axes and keeps ``pad`` pixels from every label placed before it, preferring spots that
+    also leave the other points' markers (``radii``, pixels) uncovered. A label anywhere but up
+    and to the right of its point is joined to it by a thin leader line, so it reads as its point's.
+    """
+    from matplotlib.text import Text
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    centres = ax.transData.transform(points)
+    markers = [(cx - r, cy - r, cx + r, cy + r) for (cx, cy), r in zip(centres, radii)]
+    step = fontsize * fig.dpi / 72  # one line of text
+    rings = int(max(frame.width, frame.height) / step)
+
+    def clear(box, others) -> bool:
+        x0, y0, x1, y1 = box
+        return not any(x0 - pad < b1 and b0 < x1 + pad and y0 - pad < c1 and c0 < y1 + pad for b0, c0, b1, c1 in others)
+
+    placed, labels = [], []
+    for i, ((px, py), text) in enumerate(zip(centres, texts)):
+        label = ax.annotate(text, points[i], xytext=(0, 0), textcoords="offset points", fontsize=fontsize,
+                            ha="left", va="bottom", annotation_clip=False,
+                            arrowprops=dict(arrowstyle="-", color="0.35", linewidth=0.6, shrinkA=1, shrinkB=2))
+        label.set_in_layout(False)
+        label.update_positions(renderer)
+        extent = Text.get_window_extent(label, renderer)  # the text alone, not its leader line
+        w, h, dx, dy = extent.width, extent.height, extent.x0 - px, extent.y0 - py
+        gap = max(4.0, 0.6 * radii[i])
+        spots = [(x, y, x + w, y + h) for x, y in _ring_spots((px, py), (w, h), gap, step, rings)]
+        inside = [b for b in spots if frame.x0 <= b[0] and b[2] <= frame.x1 and frame.y0 <= b[1] and b[3] <= frame.y1]
+        others = markers[:i] + markers[i + 1:]
+        box = next((b for b in inside if clear(b, placed) and clear(b, others)), None) \
+            or next((b for b in inside if clear(b, placed)), None) or (inside or spots)[0]
+        placed.append(box)
+        label.xyann = ((box[0] - px - dx) * 72 / fig.dpi, (box[1] - py - dy) * 72 / fig.dpi)
+        # a leader line unless the label sits up and to the right of its point, nearer it than any other
+        nearer = any(_distance(box, c) < _distance(box, (px, py)) for c in centres)
+        label.arrow_patch.set_visible(spots.index(box) > 0 or nearer)
+        labels.append(label)
+    return labels
+
+
+def _distance(box, point) -> float:
+    """Pixels from ``point`` to the nearest edge of ``box`` (x0, y0, x1, y1); 0 inside it."""
+    (x0, y0, x1, y1), (x, y) = box, point
+    return math.hypot(max(x0 - x, 0.0, x - x1), max(y0 - y, 0.0, y - y1))
+
+
 def f1_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Entity F1 against batch-1 median latency (log x); each model a labelled point sized by disk size."""
+    """Entity F1 against batch-1 median latency (log x); each model a labelled point sized by disk size.
+    Labels are placed on the final layout so that none overlaps another (see :func:`_place_labels`)."""
     fig = _figure(8, 5.5)
     ax = fig.add_subplot()
     sizes = [r["size_mb"] for r in rows]
     biggest = max(sizes + [1e-9])
-    for r in rows:
-        area = 40 + 900 * (r["size_mb"] / biggest)
+    areas = [40 + 900 * (r["size_mb"] / biggest) for r in rows]
+    for r, area in zip(rows, areas):
         color = "tab:red" if r.get("role") == "teacher" else "tab:blue"
         ax.scatter(r["latency_ms_median"], r["f1"], s=area, alpha=0.55, color=color, edgecolors="black", linewidths=0.5)
-        ax.annotate(f"{r['name']} ({r['size_mb']:.3g} MB)", (r["latency_ms_median"], r["f1"]),
-                    textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.set_xscale("log")
     _plain_log_axis(ax.xaxis, [r["latency_ms_median"] for r in rows])
     ax.tick_params(axis="x", which="minor", labelsize=7)
@@ -56,7 +127,11 @@ def f1_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("entity F1 (test)")
     ax.set_title("F1 vs latency (point area ~ weights on disk; red = teacher)")
     ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, path)
+    fig.tight_layout()
+    radii = [math.sqrt(area / math.pi) * fig.dpi / 72 for area in areas]  # scatter's s is an area in points^2
+    _place_labels(ax, [(r["latency_ms_median"], r["f1"]) for r in rows],
+                  [f"{r['name']} ({r['size_mb']:.3g} MB)" for r in rows], radii)
+    return _save(fig, path, layout=False)
 
 
 def training_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
