@@ -147,6 +147,13 @@ def viterbi(crf: CRF, emissions: Tensor, mask: Tensor, allowed=None) -> Tensor:
     return tags.masked_fill(~mask, -1)
 
 
+def input_names(source) -> tuple[str, ...]:
+    """The graph's inputs: :data:`INPUTS` of the kind, plus ``piece_shape`` for a BERT
+    model with the natural alignment."""
+    names = INPUTS[source.kind]
+    return (*names, "piece_shape") if getattr(source, "alignment", "first") == "natural" else names
+
+
 class ExportGraph(nn.Module):
     """What goes into the ONNX file: the source model's emissions (without packing)
     and the Viterbi decoding; ``forward(*INPUTS[kind]) -> (emissions, tags)``."""
@@ -163,9 +170,10 @@ class ExportGraph(nn.Module):
     def emissions(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
         s = self.source
         if self.kind == "bert-crf":
-            input_ids, attention_mask, word_index, mask = inputs
-            hidden = s.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, S, H)
-            words = hidden.gather(1, word_index.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # (B, W, H)
+            named = dict(zip(input_names(s), inputs))
+            mask = named["word_mask"]
+            hidden = s.encoder(input_ids=named["input_ids"], attention_mask=named["attention_mask"]).last_hidden_state
+            words = s.read_words(hidden, named)  # shape: (B, W, H)
         else:
             input_ids, mask = inputs
             words = s.embedding(input_ids)  # shape: (B, W, E)
@@ -196,12 +204,13 @@ def export_graph(source: Tagger, path: Path, example: dict[str, Tensor]) -> None
     import onnx
 
     graph = ExportGraph(source).eval().requires_grad_(False)
-    names = INPUTS[source.kind]
+    names = input_names(source)
     args = tuple(example[n] for n in names)
     batch = torch.export.Dim("batch")
     words = torch.export.Dim("words")
     dims = {"input_ids": {0: batch, 1: torch.export.Dim("subtokens")} if source.kind == "bert-crf" else {0: batch, 1: words},
-            "attention_mask": None, "word_index": {0: batch, 1: words}, "word_mask": {0: batch, 1: words}}
+            "attention_mask": None, "word_index": {0: batch, 1: words}, "word_mask": {0: batch, 1: words},
+            "piece_shape": {0: batch, 1: words}}
     if source.kind == "bert-crf":
         dims["attention_mask"] = dims["input_ids"]
     dynamic = tuple(dims[n] for n in names)
@@ -378,7 +387,7 @@ def _export(model: Path, out: Path | None, int8: bool, dataset: dict | None, che
         options.update(per_channel=per_channel, backend="onnxruntime.quantization.quantize_dynamic (QInt8 weights)")
     meta = derived_meta(source, model, method, options)
     meta["decoding"] = "constrained" if source.allowed_transitions() is not None else "free"  # baked into the graph
-    meta.update(inputs=list(INPUTS[source.kind]), outputs=list(OUTPUTS))
+    meta.update(inputs=list(input_names(source)), outputs=list(OUTPUTS))
 
     def write(tmp: Path) -> None:
         fp32 = tmp / (ONNX_FILE if not int8 else "model.fp32.onnx")

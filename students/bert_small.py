@@ -72,11 +72,13 @@ def build_bert_small(teacher: BertTagger, num_layers: int = 3, layers: Sequence[
         encoder.encoder.layer[i].load_state_dict(teacher.encoder.encoder.layer[l].state_dict())
     student = BertSmallTagger(encoder, teacher.tokenizer, teacher.labels, head=teacher.head,
                               dropout=teacher.dropout_p, lstm_hidden=teacher.lstm_hidden,
-                              max_length=teacher.max_length + 2,
+                              max_length=teacher.max_length + 2, alignment=teacher.alignment,
                               meta=dict(meta or {}, teacher_layers=total, layers=layers,
                                         backbone=teacher.meta.get("backbone"),
                                         vocabulary=teacher.meta.get("vocabulary")))
     student.classifier.load_state_dict(teacher.classifier.state_dict())
+    if teacher.piece_shape is not None:
+        student.piece_shape.load_state_dict(teacher.piece_shape.state_dict())
     if teacher.lstm is not None:
         student.lstm.load_state_dict(teacher.lstm.state_dict())
     if teacher.crf is not None:

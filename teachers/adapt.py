@@ -187,7 +187,7 @@ class _Featurizer:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
-    encode_words = BertTagger.encode_words
+    encode_words = BertTagger._first  # whole-word masking needs each word's own sub-tokens
 
     def build_feature(self, word_ids):
         return {"words": [list(w) for w in word_ids]}

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.data import load_dataset
+from distill.errors import DistillError
 from distill.train import TrainConfig, train
 
 
@@ -22,21 +23,26 @@ def _adapted(backbone: str | None) -> dict[str, str]:
 def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = None, head: str = "crf",
                   extend_vocab: bool = True, random_init: bool = False, num_layers: int | None = None,
                   freeze_layers: int = 0, dropout: float = 0.1, max_length: int = 128,
-                  train_config: TrainConfig | None = None, resume: bool = False, quiet: bool = False) -> dict:
+                  train_config: TrainConfig | None = None, resume: bool = False, quiet: bool = False,
+                  alignment: str = "auto", decoding: str = "constrained") -> dict:
     """Train a teacher on ``dataset`` (kwargs of :func:`distill.data.load_dataset`) into ``out``."""
     import torch
 
     from teachers.bert_crf import build_teacher
 
+    from distill.modeling import DECODINGS
+
+    if decoding not in DECODINGS:
+        raise DistillError(f"--decoding must be one of {', '.join(DECODINGS)}, got {decoding!r}")
     cfg = train_config or TrainConfig()
     ds = load_dataset(**dataset)
     torch.manual_seed(cfg.seed)
     model = build_teacher(
         ds.labels, ds.train.tokens, backbone=backbone, head=head, extend_vocab=extend_vocab,
         random_init=random_init, num_layers=num_layers, freeze_layers=freeze_layers, dropout=dropout,
-        max_length=max_length,
+        max_length=max_length, alignment=alignment,
         meta={"role": "teacher", "char_level": ds.train.char_level, "scheme": ds.train.scheme,
-              "separator": ds.train.separator, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint()},
+              "separator": ds.train.separator, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint(), "decoding": decoding},
     )
     vocab = model.meta["vocabulary"]
     if not quiet:
@@ -44,7 +50,7 @@ def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = 
         print(f"vocabulary: {vocab['unk_rate_before']:.1%} of train tokens were [UNK]; added {vocab['added']} tokens"
               + (f" -> {vocab['unk_rate_after']:.1%} [UNK]" if vocab.get("added") else ""))
     params = {"backbone": backbone, **_adapted(backbone), "head": head, "extend_vocab": extend_vocab, "random_init": random_init,
-              "num_layers": num_layers, "freeze_layers": freeze_layers, "dropout": dropout,
+              "num_layers": num_layers, "freeze_layers": freeze_layers, "dropout": dropout, "alignment": alignment,
               "max_length": max_length, "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()},
               "train_config": asdict(cfg)}
     return train(model, ds.train, ds.dev, out, cfg, resume=resume, quiet=quiet, extra_meta={"params": params})

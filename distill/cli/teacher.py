@@ -44,6 +44,10 @@ def train_cmd(
     tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
     test_tags_file: Optional[Path] = TEST_TAGS_FILE,
     checkpoint_minutes: float = CHECKPOINT_MINUTES, checkpoint_every: int = CHECKPOINT_EVERY,
+    alignment: str = typer.Option("auto", help="auto | first | char-pieces | natural: how characters or words meet "
+                                  "sub-tokens (auto: natural for characters under SentencePiece, else first)."),
+    decoding: str = typer.Option("constrained", help="constrained | free: Viterbi over valid BIO paths only, "
+                                 "or over every path (recorded in the model folder)."),
 ):
     """Fine-tune a BERT-family encoder with a CRF head on a labelled corpus."""
     quiet_libraries()
@@ -61,7 +65,8 @@ def train_cmd(
         out=out, dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test,
                                         tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
         backbone=backbone, head=head, extend_vocab=extend_vocab, random_init=random_init, num_layers=num_layers,
-        freeze_layers=freeze_layers, dropout=dropout, max_length=max_length, train_config=cfg, resume=resume)
+        freeze_layers=freeze_layers, dropout=dropout, max_length=max_length, train_config=cfg, resume=resume,
+        alignment=alignment, decoding=decoding)
     print(f"best dev F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
 
 
@@ -75,13 +80,14 @@ def eval_cmd(
     fmt: str = FORMAT, max_test: Optional[int] = MAX_TEST,
     tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
     test_tags_file: Optional[Path] = TEST_TAGS_FILE,
+    decoding: Optional[str] = typer.Option(None, help="constrained | free (see `distill eval --help`)."),
 ):
     """Entity-level precision/recall/F1 (seqeval, strict) of any model folder."""
     from distill.cli.predict import eval_cmd as generic
 
     generic(model=model, out=out, split=split, batch_size=batch_size, dataset=dataset, train=train, dev=dev,
             test=test, fmt=fmt, max_test=max_test, tags_file=tags_file, dev_tags_file=dev_tags_file,
-            test_tags_file=test_tags_file)
+            test_tags_file=test_tags_file, decoding=decoding)
 
 
 @teacher_app.command("emit")

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Issue 14: the e5-small teacher against the MiniLM teacher and the BiLSTM-CRF trained on the
+# same MSRA sentences (README's teacher table). Every result is a model folder with eval.json:
+# entity-level F1 on the full 5,000-sentence MSRA test set, scored on what `distill predict`
+# writes (constrained decoding). Settings are chosen on dev (best_f1 in each folder's
+# distill.json / train.log); the test set is only for the table. Each recipe is skipped when
+# its eval.json exists, so the script resumes; the time each took is appended to $RUN/times.tsv.
+#   benchmarks/teacher_table.sh [RECIPE...]     default: the 2,000- and 8,000-sentence rows
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${RUN:-runs/teacher-table}
+DISTILL=${DISTILL:-distill}
+Q="--max-train 2000 --max-dev 200"   # the quick profile's data (scored here on the full test set)
+C="--max-train 8000 --max-dev 1000"  # the cpu profile's data
+E5="--epochs 3 --lr 2e-4 --head-lr 1e-3 --batch-size 32"  # e5-small: encoder lr 2e-4, 6% warmup, linear decay
+BILSTM="--arch bilstm-crf --alpha 1 --epochs 12"
+mkdir -p "$RUN"
+
+resume() { [[ -f "$RUN/$1.work/checkpoint.pt" ]] && echo --resume || true; }
+done_() { [[ -f "$RUN/$1/eval.json" ]]; }
+evaluate() {
+  $DISTILL eval "$RUN/$1" > /dev/null
+  python3 - "$RUN/$1" "$1" <<'PY'
+import json, sys
+folder, name = sys.argv[1], sys.argv[2]
+test = json.load(open(f"{folder}/eval.json"))
+info = json.load(open(f"{folder}/distill.json"))
+t = info.get("meta", {}).get("training", {})
+print(f"{name}\tdev F1 {t.get('best_dev_f1', float('nan')):.4f} (epoch {t.get('best_epoch')})\ttest F1 {test['f1']:.4f}"
+      f"\t{t.get('train_seconds')} s training, {t.get('tokens_per_second')} words/s")
+PY
+}
+
+recipe() {
+  case "$1" in
+    e5-2k)          $DISTILL teacher train $Q $E5 --backbone e5-small --out "$RUN/$1" $(resume "$1") ;;
+    e5-2k-char)     $DISTILL teacher train $Q $E5 --backbone e5-small --alignment char-pieces --out "$RUN/$1" $(resume "$1") ;;
+    e5-2k-noprune)  $DISTILL teacher train $Q $E5 --backbone e5-small --no-prune-vocab --out "$RUN/$1" $(resume "$1") ;;
+    minilm-2k)      $DISTILL teacher train $Q --epochs 3 --embedding-lr 2e-3 --backbone minilm-l6 --out "$RUN/$1" $(resume "$1") ;;
+    bilstm-2k-d01)  $DISTILL student $BILSTM $Q --dropout 0.1 --out "$RUN/$1" $(resume "$1") ;;
+    bilstm-2k-d03)  $DISTILL student $BILSTM $Q --dropout 0.3 --out "$RUN/$1" $(resume "$1") ;;
+    bilstm-2k-d05)  $DISTILL student $BILSTM $Q --dropout 0.5 --out "$RUN/$1" $(resume "$1") ;;
+    e5-8k)          $DISTILL teacher train $C $E5 --backbone e5-small --out "$RUN/$1" $(resume "$1") ;;
+    bilstm-8k-d01)  $DISTILL student $BILSTM $C --dropout 0.1 --out "$RUN/$1" $(resume "$1") ;;
+    bilstm-8k-d03)  $DISTILL student $BILSTM $C --dropout 0.3 --out "$RUN/$1" $(resume "$1") ;;
+    bilstm-8k-d05)  $DISTILL student $BILSTM $C --dropout 0.5 --out "$RUN/$1" $(resume "$1") ;;
+    *) echo "unknown recipe $1" >&2; exit 2 ;;
+  esac
+}
+
+for one in ${@:-e5-2k bilstm-2k-d01 bilstm-2k-d05 e5-8k bilstm-8k-d01 bilstm-8k-d03 bilstm-8k-d05 minilm-2k e5-2k-char}; do
+  if ! done_ "$one"; then
+    start=$(date +%s)
+    recipe "$one"
+    echo -e "$one\t$(( $(date +%s) - start ))s" >> "$RUN/times.tsv"
+  fi
+  evaluate "$one"
+done
