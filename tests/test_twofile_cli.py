@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -157,6 +159,23 @@ def test_predict_writes_a_tag_file_of_the_same_form(tiny_teacher, tmp_path, monk
     assert read_twofile(text, out).tokens == [list("北京欢迎你"), list("我爱北京天安门")]
 
 
+def test_predicted_tags_keep_the_input_scheme_and_separator(tiny_teacher, tmp_path, monkeypatch):
+    """BMES tags with ``_`` in, BMES tags with ``_`` out (the model's BIO converted back)."""
+    import io
+
+    import distill.evaluate
+    from distill.predict import predict_file
+
+    text, tags = tmp_path / "pd.txt", tmp_path / "pd.tags"
+    text.write_text("北京欢迎你\n王小明\n", encoding="utf-8")
+    tags.write_text("B_LOC E_LOC O O O\nB_PER M_PER E_PER\n", encoding="utf-8")
+    bio = [["B-LOC", "I-LOC", "O", "B-PER", "I-PER"], ["B-PER", "I-PER", "I-PER"]]
+    monkeypatch.setattr(distill.evaluate, "predict_tags", lambda model, sentences, batch_size: bio)
+    out = io.StringIO()
+    assert predict_file(model=tiny_teacher, input=str(text), tags_file=tags, stdout=out) == 2
+    assert out.getvalue() == "B_LOC E_LOC O B_PER E_PER\nB_PER M_PER E_PER\n"
+
+
 def test_predict_tag_file_errors_are_one_line(tiny_teacher, tmp_path, monkeypatch, capsys):
     text, tags = tmp_path / "pd.txt", tmp_path / "pd.tags"
     text.write_text("北京欢迎你\n", encoding="utf-8")
@@ -168,3 +187,35 @@ def test_predict_tag_file_errors_are_one_line(tiny_teacher, tmp_path, monkeypatc
                               f"or 1 (the line as one token) on line 1 of {text}")
     code, output = _run(["predict", str(tiny_teacher), "abc", "--tags-file", str(tags)], monkeypatch, capsys)
     assert code == 1 and output.strip() == f"error: --tags-file {tags}: the tags of a labelled --input; give --input FILE"
+
+
+def _readme_data_section() -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    return text.split("### Data\n", 1)[1].split("\n### ", 1)[0]
+
+
+def test_readme_two_file_example_is_the_resources_first_lines():
+    rows = re.findall(r"\| `(\S+)`: `([^`]+)` \| `(\S+)`: `([^`]+)` \|", _readme_data_section())
+    assert [(t, g) for t, _, g, _ in rows] == [("en.txt", "en.tags"), ("zh_train.txt", "zh_train.tags")]
+    for text_file, text, tags_file, tags in rows:
+        assert (TWOFILE / text_file).read_text(encoding="utf-8").split("\n")[0] == text
+        assert (TWOFILE / tags_file).read_text(encoding="utf-8").split("\n")[0] == tags
+
+
+def test_readme_two_file_commands_run_as_written(tiny_backbone, tmp_path, monkeypatch, capsys):
+    """The README's commands, from a folder where ``tests/`` is this one, with the tiny backbone
+    and a one-step run added to ``teacher train`` (the bundled backbone is too slow for a test)."""
+    block = re.search(r"```sh\n(.*?)```", _readme_data_section(), re.S).group(1)
+    commands = [shlex.split(c) for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    assert [c[:3] for c in commands] == [["distill", "teacher", "train"]] * 2 + [["distill", "predict", "runs/zh"]]
+    (tmp_path / "tests").symlink_to(Path(__file__).resolve().parent, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--backbone", str(tiny_backbone), "--epochs", "1", "--max-steps", "1", "--batch-size", "8",
+            "--checkpoint-minutes", "0"]
+    for argv in commands:
+        code, output = _run(argv[1:] + (tiny if argv[1] == "teacher" else []), monkeypatch, capsys)
+        assert code == 0, (argv, output[-2000:])
+    assert not _meta(tmp_path / "runs" / "en")["char_level"] and _meta(tmp_path / "runs" / "zh")["char_level"]
+    predicted = (tmp_path / "zh_test.pred.tags").read_text(encoding="utf-8").splitlines()
+    text = (TWOFILE / "zh_test.txt").read_text(encoding="utf-8").splitlines()
+    assert [len(line.split()) for line in predicted] == [len(line) for line in text]
