@@ -219,3 +219,17 @@ def test_readme_two_file_commands_run_as_written(tiny_backbone, tmp_path, monkey
     predicted = (tmp_path / "zh_test.pred.tags").read_text(encoding="utf-8").splitlines()
     text = (TWOFILE / "zh_test.txt").read_text(encoding="utf-8").splitlines()
     assert [len(line.split()) for line in predicted] == [len(line) for line in text]
+
+
+@pytest.mark.parametrize("words", ["quantize int8", "prune", "eval", "report"])
+def test_a_tag_file_without_its_text_file_is_an_error(words, tiny_teacher, tmp_path, monkeypatch, capsys):
+    """Not silently ignored where the data options are optional (the command's own default data)."""
+    tags = TWOFILE / "zh_train.tags"
+    target = str(tmp_path / "run") if words == "report" else str(tiny_teacher)
+    if words == "report":
+        shutil.copytree(tiny_teacher, tmp_path / "run" / "teacher")
+    code, output = _run([*words.split(), target, "--out", str(tmp_path / "o"), "--tags-file", str(tags)],
+                        monkeypatch, capsys)
+    assert code == 1
+    assert output.strip() == f"error: --tags-file {tags}: give --train too, the text file these tags belong to"
+    assert not (tmp_path / "o").exists()

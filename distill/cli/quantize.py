@@ -29,11 +29,11 @@ CHECK_DEV = typer.Option(None, "--dev", help="Dev file for the check (default: c
 def _check_data(train: Optional[Path], dev: Optional[Path], fmt: str, tags_file: Optional[Path],
                 dev_tags_file: Optional[Path]) -> Optional[dict]:
     """The check's data from --train/--dev (and their tag files), or None: the model's own training data."""
-    if train is None:
-        if dev is not None:
-            from distill.errors import DistillError
+    if train is None and dev is not None:
+        from distill.errors import DistillError
 
-            raise DistillError("--dev needs --train (the check otherwise uses the model's own training data)")
+        raise DistillError("--dev needs --train (the check otherwise uses the model's own training data)")
+    if train is None and tags_file is None and dev_tags_file is None:
         return None
     return dataset_kwargs(DEFAULT_DATASET, train, dev, None, fmt, None, None, None, tags_file=tags_file,
                           dev_tags_file=dev_tags_file)
@@ -126,7 +126,7 @@ def prune_cmd(
     from quantize.prune import prune
 
     data = None
-    if train is not None or max_train is not None or max_dev is not None:
+    if any(v is not None for v in (train, max_train, max_dev, tags_file, dev_tags_file, test_tags_file)):
         data = dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, None, tags_file=tags_file,
                               dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
     prune(model=model, out=out, method=method, sparsity=sparsity, finetune_epochs=finetune_epochs, teacher=teacher,
