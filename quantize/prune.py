@@ -15,6 +15,8 @@ short fine-tune (distilled from the unpruned model when a teacher is given).
   were removed is stored as ``pruned_heads`` in the encoder config (original head
   numbers), and :meth:`teachers.bert_crf.BertTagger.build` removes them again on load
   (transformers 5 no longer does: it dropped ``prune_heads`` and ``config.pruned_heads``).
+* ``vocab``: the embedding rows (and tokenizer pieces) a corpus does not need are removed,
+  predictions on the kept pieces unchanged: :func:`quantize.vocab.prune_vocab_folder`.
 
 The output is a model folder of the source's own kind (``bert-crf`` / ``bilstm-crf``).
 """
@@ -34,7 +36,7 @@ from distill.errors import DistillError
 from distill.modeling import META_FILE, Tagger
 from quantize import dataset_of, derived_meta, load_source, output_folder
 
-PRUNE_METHODS = ("magnitude", "heads")
+PRUNE_METHODS = ("magnitude", "heads", "vocab")
 
 
 @dataclass
@@ -263,16 +265,27 @@ def _finetune(model: Tagger, masks, cfg: PruneConfig, ds, out: Path, teacher: Pa
 def prune(*, model: Path, out: Path | None = None, method: str = "magnitude", sparsity: float = 0.5,
           finetune_epochs: int = 0, teacher: Path | None = None, dataset: dict | None = None, quiet: bool = False,
           lr: float | None = None, alpha: float = 0.5, temperature: float = 4.0,
-          importance_sentences: int = 500) -> Path:
+          importance_sentences: int = 500, text: Path | None = None) -> Path:
     """Prune ``model`` into ``out`` (default ``MODEL-pruned-<method><sparsity>``), optionally
     fine-tuned for ``finetune_epochs`` on ``dataset`` (default: the model's training data),
-    distilled from ``teacher`` (the unpruned model) when given. Returns the folder."""
+    distilled from ``teacher`` (the unpruned model) when given. Returns the folder.
+    ``vocab`` prunes to the pieces of ``text`` (one sentence per line) and of ``dataset``
+    (:func:`quantize.vocab.prune_vocab_folder`; no ``sparsity``, no fine-tune)."""
     from distill.data import load_dataset
     from distill.modeling import read_meta
 
     cfg = PruneConfig(method=method, sparsity=sparsity, finetune_epochs=finetune_epochs, lr=lr, alpha=alpha,
                       temperature=temperature, importance_sentences=importance_sentences)
     model = Path(model)
+    if method == "vocab":
+        if finetune_epochs or teacher is not None:
+            raise DistillError("--method vocab leaves predictions on the kept pieces unchanged; it takes no "
+                               "--finetune-epochs or --teacher")
+        from quantize.vocab import prune_vocab_folder
+
+        return prune_vocab_folder(model=model, text=text, out=out, dataset=dataset, quiet=quiet)
+    if text is not None:
+        raise DistillError(f"--text is for --method vocab (the pieces to keep); --method {method} does not use it")
     out = output_folder(model, out, f"pruned-{method}{sparsity:g}")
     teacher = Path(teacher) if teacher is not None else None
     if teacher is not None and finetune_epochs == 0:

@@ -183,7 +183,7 @@ def test_finetune_keeps_the_sparsity(tiny_teacher, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--sparsity", "1.0"], "error: --sparsity must be in [0, 1), got 1.0"),
     (["--sparsity", "-0.1"], "error: --sparsity must be in [0, 1), got -0.1"),
-    (["--method", "random"], "error: unknown pruning method 'random'; expected one of magnitude, heads"),
+    (["--method", "random"], "error: unknown pruning method 'random'; expected one of magnitude, heads, vocab"),
     (["--teacher", "{model}"], "error: --teacher is used by the fine-tune; give --finetune-epochs N (>= 1) too"),
 ])
 def test_cli_bad_options_are_one_line(tiny_teacher, tmp_path, run_cli, args, message):
