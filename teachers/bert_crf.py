@@ -392,9 +392,11 @@ def extend_vocabulary(tokenizer, encoder, sentences, threshold: float = 0.02, mi
 def build_teacher(labels: Sequence[str], train_sentences, *, backbone: str | None = None, head: str = "crf",
                   extend_vocab: bool = True, random_init: bool = False, num_layers: int | None = None,
                   freeze_layers: int = 0, dropout: float = 0.1, lstm_hidden: int = 256, max_length: int = 128,
-                  meta: dict | None = None, alignment: str = "auto") -> BertTagger:
+                  meta: dict | None = None, alignment: str = "auto", prune_vocab: bool = True) -> BertTagger:
     """A new BERT-CRF from a backbone (built-in name, local folder or hub id; default
-    :data:`teachers.backbones.DEFAULT_BACKBONE`)."""
+    :data:`teachers.backbones.DEFAULT_BACKBONE`). With ``prune_vocab``, a SentencePiece
+    vocabulary is pruned to the pieces of ``train_sentences`` and their scripts
+    (:func:`quantize.vocab.prune_vocabulary`)."""
     from transformers import AutoConfig, AutoModel
 
     name = backbone or DEFAULT_BACKBONE
@@ -413,9 +415,19 @@ def build_teacher(labels: Sequence[str], train_sentences, *, backbone: str | Non
     else:
         encoder = AutoModel.from_pretrained(source, config=config, add_pooling_layer=False, **kw)
     tokenizer = load_tokenizer(source)
+    pruned = None
+    if prune_vocab:
+        from quantize.vocab import is_unigram, prune_vocabulary, sentence_texts
+
+        if is_unigram(tokenizer):  # e5's 250k pieces: keep the rows this corpus needs
+            texts = sentence_texts(train_sentences, unspaced=bool((meta or {}).get("char_level")))
+            pruned = prune_vocabulary(tokenizer, encoder, texts)
+            tokenizer = pruned.tokenizer
     vocab = {"unk_rate_before": round(unk_rate(tokenizer, train_sentences)[0], 4), "added": 0}
     if extend_vocab:
         vocab = extend_vocabulary(tokenizer, encoder, train_sentences)
+    if pruned is not None:
+        vocab["pruned"] = pruned.record()
     if freeze_layers:
         for p in encoder.embeddings.parameters():
             p.requires_grad = False

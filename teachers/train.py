@@ -24,7 +24,7 @@ def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = 
                   extend_vocab: bool = True, random_init: bool = False, num_layers: int | None = None,
                   freeze_layers: int = 0, dropout: float = 0.1, max_length: int = 128,
                   train_config: TrainConfig | None = None, resume: bool = False, quiet: bool = False,
-                  alignment: str = "auto", decoding: str = "constrained") -> dict:
+                  alignment: str = "auto", decoding: str = "constrained", prune_vocab: bool = True) -> dict:
     """Train a teacher on ``dataset`` (kwargs of :func:`distill.data.load_dataset`) into ``out``."""
     import torch
 
@@ -40,7 +40,7 @@ def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = 
     model = build_teacher(
         ds.labels, ds.train.tokens, backbone=backbone, head=head, extend_vocab=extend_vocab,
         random_init=random_init, num_layers=num_layers, freeze_layers=freeze_layers, dropout=dropout,
-        max_length=max_length, alignment=alignment,
+        max_length=max_length, alignment=alignment, prune_vocab=prune_vocab,
         meta={"role": "teacher", "char_level": ds.train.char_level, "scheme": ds.train.scheme,
               "separator": ds.train.separator, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint(), "decoding": decoding},
     )
@@ -48,9 +48,11 @@ def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = 
     if not quiet:
         print(f"teacher: {ds.name} train {len(ds.train)} / dev {len(ds.dev)} sentences, labels {ds.labels}")
         print(f"vocabulary: {vocab['unk_rate_before']:.1%} of train tokens were [UNK]; added {vocab['added']} tokens"
-              + (f" -> {vocab['unk_rate_after']:.1%} [UNK]" if vocab.get("added") else ""))
+              + (f" -> {vocab['unk_rate_after']:.1%} [UNK]" if vocab.get("added") else "")
+              + (f"; pruned to {vocab['pruned']['kept']} of {vocab['pruned']['original']} pieces" if "pruned" in vocab else ""))
     params = {"backbone": backbone, **_adapted(backbone), "head": head, "extend_vocab": extend_vocab, "random_init": random_init,
               "num_layers": num_layers, "freeze_layers": freeze_layers, "dropout": dropout, "alignment": alignment,
+              "prune_vocab": prune_vocab,
               "max_length": max_length, "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()},
               "train_config": asdict(cfg)}
     return train(model, ds.train, ds.dev, out, cfg, resume=resume, quiet=quiet, extra_meta={"params": params})
