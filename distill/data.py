@@ -272,10 +272,15 @@ def split_dev(corpus: Corpus, dev_size: int | float, seed: int = 13) -> tuple[Co
 
 def _cap(corpus: Corpus, limit: int | None, seed: int = 17) -> Corpus:
     """A deterministic random subset of at most ``limit`` sentences, in file order."""
-    if not limit or limit >= len(corpus):
-        return corpus
-    idx = sorted(random.Random(seed).sample(range(len(corpus)), limit))
-    return corpus.subset(idx)
+    idx = _cap_indices(len(corpus), limit, seed)
+    return corpus if idx is None else corpus.subset(idx)
+
+
+def _cap_indices(n: int, limit: int | None, seed: int = 17) -> list[int] | None:
+    """The sorted indices :func:`_cap` keeps of ``n`` sentences, or None when it keeps all."""
+    if not limit or limit >= n:
+        return None
+    return sorted(random.Random(seed).sample(range(n), limit))
 
 
 TAG_FILE_OPTIONS = {"train": "--tags-file", "dev": "--dev-tags-file", "test": "--test-tags-file"}
@@ -345,8 +350,38 @@ def load_dataset(
     return ds
 
 
+def unlabelled_train(dataset: dict, pool: Dataset | None = None) -> Corpus:
+    """The training sentences ``load_dataset(**dataset)`` leaves out under ``max_train``, tags dropped.
+
+    The complement of its seeded sample within the train pool, which is what remains of
+    the train file after the dev split, so no dev sentence is in it. Empty when
+    ``max_train`` keeps every sentence. ``pool``: ``dataset`` already loaded without any
+    ``max_*`` cap, to save reading it again.
+    """
+    if pool is None:
+        pool = load_dataset(**dict(dataset, max_train=None, max_dev=None, max_test=None))
+    chosen = _cap_indices(len(pool.train), dataset.get("max_train"))
+    rest = [] if chosen is None else sorted(set(range(len(pool.train))) - set(chosen))
+    return without_tags(pool.train.subset(rest, f"{pool.name}:unlabelled"))
+
+
 # ---------------------------------------------------------------------------
 # Raw text and long sentences
+
+
+def read_text(path: str | Path, char_level: bool, name: str = "") -> Corpus:
+    """Unlabelled text, one sentence per line, split by :func:`split_text` (per character
+    when ``char_level``, else on whitespace); blank lines are skipped."""
+    path = Path(path)
+    tokens = [toks for toks in (split_text(line, char_level) for line in _read_lines(path)) if toks]
+    if not tokens:
+        raise DataError(path, 1, "no sentences found; expected one sentence per line")
+    return Corpus(tokens, None, char_level=char_level, name=name or path.name)
+
+
+def without_tags(corpus: Corpus) -> Corpus:
+    """The same sentences as unlabelled text."""
+    return Corpus(corpus.tokens, None, corpus.scheme, corpus.separator, corpus.char_level, corpus.name)
 
 
 def split_text(line: str, char_level: bool) -> list[str]:

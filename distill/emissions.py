@@ -2,8 +2,14 @@
 
 A folder with ``emissions.npy`` (float16, shape (total words, K), memory-mapped on
 read), ``offsets.npy`` (int64, N + 1: sentence i is rows ``offsets[i]:offsets[i+1]``),
-and ``meta.json`` (labels, CRF transitions, the fingerprint of the data and label set).
-Written atomically; read back only when every part agrees.
+and ``meta.json`` (labels, CRF transitions, the fingerprint of the data and label set,
+and whether the sentences were unlabelled text). Written atomically; read back only
+when every part agrees.
+
+The labelled training split goes to ``TEACHER/emissions-train`` (:func:`emit`);
+unlabelled text (a transfer set) to ``TEACHER/emissions-<fingerprint>``
+(:func:`emit_text`), computed and written a chunk of sentences at a time, so a large
+text never has all its emissions in memory.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +28,7 @@ from distill.features import bucket_batches, make_pieces
 from distill.fileio import atomic_dir, write_json
 
 FORMAT = "distill-emissions/1"
+TEXT_CHUNK = 4096  # sentences of unlabelled text computed and written at a time
 
 
 def fingerprint(corpus: Corpus, labels: Sequence[str]) -> str:
@@ -67,21 +74,32 @@ def compute(model, sentences: Sequence[Sequence[str]], batch_size: int = 64, pro
 
 def write(folder: str | Path, per_sentence: Sequence[np.ndarray], labels: Sequence[str], corpus: Corpus,
           transitions: dict | None = None, extra: dict | None = None) -> Path:
+    """Write the (n_words, K) emissions of every sentence of ``corpus`` as an emissions folder."""
+    return _write(folder, [len(e) for e in per_sentence], [per_sentence], labels, corpus, transitions, extra)
+
+
+def _write(folder: str | Path, lengths: Sequence[int], chunks: Iterable[Sequence[np.ndarray]], labels: Sequence[str],
+           corpus: Corpus, transitions: dict | None, extra: dict | None) -> Path:
+    """Write sentences' emissions arriving in ``chunks`` (consecutive runs of sentences) into
+    one memory-mapped array, so only a chunk is in memory at a time."""
     folder = Path(folder)
-    lengths = np.array([len(e) for e in per_sentence], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))]).astype(np.int64)
     with atomic_dir(folder) as tmp:
         arr = np.lib.format.open_memmap(tmp / "emissions.npy", mode="w+", dtype=np.float16,
                                         shape=(int(offsets[-1]), len(labels)))
-        for i, e in enumerate(per_sentence):
-            arr[offsets[i] : offsets[i + 1]] = e
+        i = 0
+        for chunk in chunks:
+            for e in chunk:
+                arr[offsets[i] : offsets[i + 1]] = e
+                i += 1
+        assert i == len(lengths), (i, len(lengths))
         arr.flush()
         del arr
         np.save(tmp / "offsets.npy", offsets)
         write_json(tmp / "meta.json", {
             "format": FORMAT, "labels": list(labels), "fingerprint": fingerprint(corpus, labels),
-            "sentences": len(per_sentence), "words": int(offsets[-1]), "dataset": corpus.name,
-            "transitions": transitions, **(extra or {}),
+            "sentences": len(lengths), "words": int(offsets[-1]), "dataset": corpus.name,
+            "unlabelled": corpus.tags is None, "transitions": transitions, **(extra or {}),
         })
     return folder
 
@@ -140,6 +158,27 @@ def default_folder(model: str | Path) -> Path:
     return Path(model) / "emissions-train"
 
 
+def text_folder(model: str | Path, corpus: Corpus, labels: Sequence[str]) -> Path:
+    """Where the emissions of unlabelled text live: ``MODEL/emissions-<fingerprint>``."""
+    return Path(model) / f"emissions-{fingerprint(corpus, labels)}"
+
+
+def _load_teacher(model: str | Path):
+    from distill.modeling import load_model
+
+    teacher = load_model(model)
+    if not hasattr(teacher, "crf"):
+        raise DistillError(f"{model}: emissions need a PyTorch teacher (kind {getattr(teacher, 'kind', '?')!r})")
+    return teacher
+
+
+def _transitions(teacher) -> dict | None:
+    crf = teacher.crf
+    return None if crf is None else {
+        "start": crf.start_transitions.tolist(), "end": crf.end_transitions.tolist(),
+        "transitions": crf.transitions.tolist()}
+
+
 def emit(*, model: str | Path, dataset: dict, out: str | Path | None = None, batch_size: int = 64,
          quiet: bool = False) -> Path:
     """Run the teacher over the training split of ``dataset`` and write its emissions.
@@ -148,14 +187,11 @@ def emit(*, model: str | Path, dataset: dict, out: str | Path | None = None, bat
     process writes the folder (the same file as one process writes).
     """
     from distill.data import load_dataset
-    from distill.modeling import load_model
     from distill.progress import progress_bar
     from distill.train import process_state
 
     state = process_state()
-    teacher = load_model(model)
-    if not hasattr(teacher, "crf"):
-        raise DistillError(f"{model}: emissions need a PyTorch teacher (kind {getattr(teacher, 'kind', '?')!r})")
+    teacher = _load_teacher(model)
     teacher.to(state.device)
     ds = load_dataset(**dataset)
     corpus = ds.train
@@ -165,11 +201,45 @@ def emit(*, model: str | Path, dataset: dict, out: str | Path | None = None, bat
         per_sentence = compute(teacher, corpus.tokens, batch_size, rank=state.process_index, world=state.num_processes)
         bar.update(task, completed=len(corpus))
     if state.is_main_process:
-        crf = teacher.crf
-        transitions = None if crf is None else {
-            "start": crf.start_transitions.tolist(), "end": crf.end_transitions.tolist(),
-            "transitions": crf.transitions.tolist()}
-        write(folder, per_sentence, teacher.labels, corpus, transitions, {"teacher": str(model)})
+        write(folder, per_sentence, teacher.labels, corpus, _transitions(teacher), {"teacher": str(model)})
+    state.wait_for_everyone()
+    return folder
+
+
+def emit_text(*, model: str | Path, corpus: Corpus, out: str | Path | None = None, batch_size: int = 64,
+              source: str = "", quiet: bool = False) -> Path:
+    """Run the teacher over unlabelled text (``corpus``, tags ignored) and write its emissions to
+    ``out`` (default :func:`text_folder`), :data:`TEXT_CHUNK` sentences at a time.
+
+    The folder records that it holds unlabelled text, where it came from (``source``) and
+    the fingerprint of its sentences; under ``accelerate launch`` as :func:`emit`.
+    """
+    from distill.data import without_tags
+    from distill.progress import progress_bar
+    from distill.train import process_state
+
+    state = process_state()
+    teacher = _load_teacher(model)
+    teacher.to(state.device)
+    corpus = without_tags(corpus)
+    folder = Path(out) if out is not None else text_folder(model, corpus, teacher.labels)
+    main = state.is_main_process
+    with progress_bar(disable=quiet or not main) as bar:
+        task = bar.add_task("emitting", total=len(corpus))
+
+        def chunks():
+            for c in range(0, len(corpus), TEXT_CHUNK):
+                part = corpus.tokens[c : c + TEXT_CHUNK]
+                rows = compute(teacher, part, batch_size, rank=state.process_index, world=state.num_processes)
+                bar.update(task, advance=len(part))
+                yield rows
+
+        extra = {"teacher": str(model), "source": source or corpus.name, "char_level": corpus.char_level}
+        if main:
+            _write(folder, [len(s) for s in corpus.tokens], chunks(), teacher.labels, corpus, _transitions(teacher), extra)
+        else:
+            for _ in chunks():  # the other processes compute their share of every chunk
+                pass
     state.wait_for_everyone()
     return folder
 
@@ -183,6 +253,24 @@ def for_training(*, teacher: str | Path, dataset: dict, corpus: Corpus, labels: 
         if not quiet:
             print(f"no teacher emissions at {folder}; computing them now")
         emit(model=teacher, dataset=dataset, out=folder, quiet=quiet)
+    em = Emissions(folder)
+    em.check(corpus, labels)
+    return em
+
+
+def for_text(*, teacher: str | Path, corpus: Corpus, labels: Sequence[str], source: str = "",
+             quiet: bool = False) -> Emissions:
+    """The teacher's emissions for unlabelled text (``TEACHER/emissions-<fingerprint>``), made
+    first when absent, and refused when made for other text or labels."""
+    from distill.data import without_tags
+
+    corpus = without_tags(corpus)
+    folder = text_folder(teacher, corpus, labels)
+    if not folder.exists():
+        if not quiet:
+            print(f"no teacher emissions for {source or corpus.name} ({len(corpus)} sentences); "
+                  f"computing them now into {folder}")
+        emit_text(model=teacher, corpus=corpus, out=folder, source=source, quiet=quiet)
     em = Emissions(folder)
     em.check(corpus, labels)
     return em

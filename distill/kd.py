@@ -5,7 +5,12 @@ The student's training loss on a batch is
     loss = alpha * NLL(gold) + (1 - alpha) * KD + hidden_weight * HIDDEN
 
 * ``NLL(gold)`` is the student's CRF negative log-likelihood of the gold tags, summed
-  over sentences and divided by the number of real words (``Tagger.loss``).
+  over the batch's labelled sentences G and divided by their real words:
+  ``sum_{b in G} NLL_b / sum_{b in G} n_b`` (``Tagger.loss`` on those rows). A batch
+  that mixes in unlabelled transfer sentences carries ``batch["gold"]`` (B,) bool, true
+  at labelled sentences; without it every sentence is labelled, and ``NLL(gold)`` is
+  exactly ``Tagger.loss`` on the batch. With no labelled sentence in the batch it is 0:
+  transfer sentences add no gold-tag term, only KD.
 * ``KD`` is one of :data:`KD_LOSSES`, each a per-word KL divergence at temperature T,
   multiplied by T^2 (so its gradients keep their size as T changes; Hinton et al.
   2015) and averaged over the real (unmasked) word positions only; padded positions
@@ -18,6 +23,13 @@ The student's training loss on a batch is
     "Structure-Level Knowledge Distillation for Multilingual Sequence Labeling"). The
     teacher's marginals use the teacher's emissions and its CRF transitions stored with them.
   - ``both``:      emission + marginal, each weighted 1 (each already carries its T^2).
+  - ``viterbi``:   hard labels, no temperature: the student's CRF NLL of the teacher's
+    decoded path y_teacher (constrained Viterbi over the teacher's emissions and stored
+    transitions, valid BIO paths only), summed over all sentences of the batch and
+    divided by all their real words. A labelled sentence thus gets alpha * NLL(gold) +
+    (1 - alpha) * NLL(y_teacher), a transfer sentence (1 - alpha) * NLL(y_teacher).
+
+  KD covers every sentence of the batch, labelled and transfer alike.
 
 * ``HIDDEN`` (small BERT students only, weight 0 by default) is the mean squared error
   between the student's hidden states and the teacher's, over real sub-token positions,
@@ -38,6 +50,7 @@ from torch import Tensor
 
 from distill.crf import CRF
 from distill.errors import DistillError
+from distill.modeling import TaggerOutput
 
 # A student probability this small is treated as this small (log of an underflowed marginal).
 _EPS = 1e-12
@@ -89,7 +102,23 @@ def both_term(student, out, batch: dict, teacher_crf: CRF | None, temperature: f
             + marginal_term(student, out, batch, teacher_crf, temperature))
 
 
-KD_LOSSES: dict[str, Callable[..., Tensor]] = {"emission": emission_term, "marginal": marginal_term, "both": both_term}
+def teacher_path(teacher_crf: CRF, teacher_emissions: Tensor, mask: Tensor, labels: Sequence[str]) -> Tensor:
+    """The teacher's best valid tag path (B, W) long, 0 at padding: constrained Viterbi over
+    ``teacher_emissions`` (B, W, K) with ``mask`` (B, W) bool and the teacher's transitions."""
+    from distill.schemes import allowed_transitions
+
+    return teacher_crf.decode(teacher_emissions.float(), mask, pad=0, allowed=allowed_transitions(labels))
+
+
+def viterbi_term(student, out, batch: dict, teacher_crf: CRF | None, temperature: float) -> Tensor:
+    if teacher_crf is None:
+        raise DistillError("viterbi KD needs the teacher's CRF transitions")
+    path = teacher_path(teacher_crf, batch["teacher_emissions"], out.mask, student.labels)  # shape: (B, W)
+    return student.loss(out, path)
+
+
+KD_LOSSES: dict[str, Callable[..., Tensor]] = {"emission": emission_term, "marginal": marginal_term, "both": both_term,
+                                               "viterbi": viterbi_term}
 
 
 def kd_term(name: str) -> Callable[..., Tensor]:
@@ -120,6 +149,18 @@ class KDConfig:
     def uses_emissions(self) -> bool:
         """Whether the loss reads the teacher's emissions (anything but the plain student)."""
         return self.alpha < 1
+
+
+def gold_nll(model, out, batch: dict) -> Tensor:
+    """``NLL(gold)`` of the module docstring: ``model.loss`` over the labelled sentences of the
+    batch (``batch["gold"]`` (B,) bool; all when absent), 0 when there are none."""
+    gold = batch.get("gold")
+    if gold is None or bool(gold.all()):
+        return model.loss(out, batch["tags"])
+    if not bool(gold.any()):
+        return out.emissions.sum() * 0.0  # no CRF term, but still part of the graph
+    g = gold.bool()
+    return model.loss(TaggerOutput(out.emissions[g], out.mask[g]), batch["tags"][g])
 
 
 def teacher_crf(transitions: dict | None, num_tags: int) -> CRF | None:
@@ -180,7 +221,7 @@ class DistillationLoss:
     def __call__(self, model, out, batch: dict) -> tuple[Tensor, dict[str, float]]:
         c = self.config
         self._follow(out.emissions.device)
-        nll = model.loss(out, batch["tags"])
+        nll = gold_nll(model, out, batch)
         parts = {"nll": nll.item()}
         loss = nll
         if c.alpha < 1:

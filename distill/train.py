@@ -17,6 +17,12 @@ A checkpoint (model, optimizer, scheduler, every process's RNG states, the loop'
 position) is written at the end of every epoch, every ``checkpoint_every`` steps and
 every ``checkpoint_minutes``, and on Ctrl-C/SIGTERM; ``resume=True`` continues from
 it bit-identically on CPU (same batch order, dropout masks and data).
+
+A transfer set (unlabelled sentences the teacher labels) is mixed into the epochs: an
+epoch is one pass over the labelled sentences plus the next ``transfer_ratio`` x
+(labelled sentences) transfer sentences of an endless stream of shuffled passes over
+the transfer set (by default the whole set once per epoch), bucketed and shuffled
+together; each batch says which of its sentences are labelled (``batch["gold"]``).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import torch
 from distill.data import Corpus
 from distill.errors import DistillError
 from distill.evaluate import evaluate
-from distill.features import Piece, bucket_batches, make_pieces, padding_waste
+from distill.features import CACHE_MIN_SENTENCES, Piece, bucket_batches, make_pieces, padding_waste
 from distill.fileio import atomic_path, write_json
 from distill.progress import progress_bar
 
@@ -87,7 +93,10 @@ LossFn = Callable[[Any, Any, dict], "tuple[torch.Tensor, dict[str, float]]"]
 
 
 def default_loss(model, out, batch) -> tuple[torch.Tensor, dict[str, float]]:
-    loss = model.loss(out, batch["tags"])
+    """The gold-tag loss (``model.loss``) over the batch's labelled sentences (:func:`distill.kd.gold_nll`)."""
+    from distill.kd import gold_nll
+
+    loss = gold_nll(model, out, batch)
     return loss, {"nll": loss.item()}
 
 
@@ -308,6 +317,9 @@ def train(
     *,
     loss_fn: LossFn = default_loss,
     extra_features: Callable[[Sequence[Piece]], None] | None = None,
+    collate: Callable[[Sequence[Piece]], dict] | None = None,
+    transfer: Corpus | None = None,
+    transfer_ratio: float | None = None,
     resume: bool = False,
     extra_meta: dict | None = None,
     quiet: bool = False,
@@ -320,8 +332,19 @@ def train(
     averaged gradients are those of the whole batch. It gets the plain (unwrapped)
     model and must not run the model's forward again. ``extra_features(pieces)`` may
     add per-piece fields (e.g. teacher emissions) that the model's ``collate`` passes
-    through. Checkpoints and the log live in ``out_dir.work/``. Returns a JSON-clean
-    summary (also written to ``out_dir.work/summary.json``).
+    through; ``collate(pieces) -> batch`` replaces ``model.collate`` of their features
+    (e.g. to read teacher emissions per batch). Checkpoints and the log live in
+    ``out_dir.work/``. Returns a JSON-clean summary (also written to
+    ``out_dir.work/summary.json``).
+
+    ``transfer``: unlabelled sentences (tags None) mixed into every epoch, ``transfer_ratio``
+    per labelled sentence (None: all of them; see :class:`distill.transfer.EpochMixer`).
+    Their pieces are numbered after the labelled ones: piece ``sentence``
+    ``len(train_corpus) + j`` is transfer sentence j. Batches then carry ``batch["gold"]``
+    (B,) bool, true at labelled sentences, so the loss gives transfer sentences no
+    gold-tag term. Under several processes each process normalises its gold-tag loss by
+    its own share's labelled words, so with a transfer set the equality with one process
+    holds for the KD term but only approximately for the gold-tag term.
     """
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".work")  # checkpoints and logs while training
@@ -338,16 +361,27 @@ def train(
     pieces = make_pieces(model, train_corpus.tokens, tag_ids)
     if not pieces:
         raise DistillError(f"training data {train_corpus.name!r} has no non-empty sentence")
+    mixer, trained_on = None, train_corpus.fingerprint()
+    if transfer is not None:
+        from distill.transfer import EpochMixer, data_identity, per_epoch
+
+        mixer = EpochMixer(len(pieces), _add_transfer(model, pieces, transfer, len(train_corpus)),
+                           per_epoch(transfer_ratio, len(train_corpus), len(transfer)), cfg.seed)
+        trained_on = data_identity(trained_on, transfer, transfer_ratio)
     if extra_features is not None:
         extra_features(pieces)
     featurize_s = time.time() - t0
     lengths = [p.n_words for p in pieces]
-    steps_per_epoch = math.ceil(len(pieces) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
+    if mixer is None:
+        total_steps = math.ceil(len(pieces) / cfg.batch_size) * cfg.epochs
+    else:
+        total_steps = sum(math.ceil(mixer.size(e) / cfg.batch_size) for e in range(cfg.epochs))
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    identity = {"config": asdict(cfg), "data": train_corpus.fingerprint(), "labels": list(model.labels),
-                "processes": P}
+    identity = {"config": asdict(cfg), "data": trained_on, "labels": list(model.labels), "processes": P}
+    if collate is None:
+        def collate(chosen: Sequence[Piece]) -> dict:
+            return model.collate([p.feature for p in chosen])
 
     optimizer = make_optimizer(model, cfg)
     scheduler = linear_schedule(optimizer, int(cfg.warmup * total_steps), total_steps)
@@ -386,7 +420,7 @@ def train(
     with _StopFlag() as flag, progress_bar(disable=quiet or not main) as bar:
         while state["epoch"] < cfg.epochs and not (cfg.max_steps and state["global_step"] >= cfg.max_steps):
             epoch = state["epoch"]
-            batches = bucket_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
+            batches = _epoch_batches(lengths, mixer, epoch, cfg)
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches), completed=state["step_in_epoch"])
             model.train()
             sums = state["epoch_sums"]
@@ -406,7 +440,11 @@ def train(
                 everyone = batches[b]
                 mine = everyone[rank::P]
                 n_words = sum(lengths[i] for i in everyone)
-                batch = _to_device(model.collate([pieces[i].feature for i in (mine or everyone[:1])]), acc.device)
+                chosen = [pieces[i] for i in (mine or everyone[:1])]
+                batch = collate(chosen)
+                if mixer is not None:
+                    batch["gold"] = torch.tensor([p.sentence < len(train_corpus) for p in chosen])
+                batch = _to_device(batch, acc.device)
                 out = ddp_model(batch)
                 loss, parts = loss_fn(model, out, batch)
                 share = sum(lengths[i] for i in mine) / n_words if P > 1 else 1.0  # of the batch's words
@@ -460,7 +498,8 @@ def train(
             if dev["f1"] > state["best_f1"]:
                 state.update(best_f1=dev["f1"], best_epoch=epoch + 1, bad_epochs=0)
                 if main:
-                    model.save(out_dir, _final_meta(extra_meta, cfg, state, train_corpus, featurize_s, lengths, P))
+                    model.save(out_dir, _final_meta(extra_meta, cfg, state, train_corpus, featurize_s, lengths, P,
+                                                    mixer))
                     _copy_log(log_path, out_dir)
             else:
                 state["bad_epochs"] += 1
@@ -473,6 +512,30 @@ def train(
     if main and (out_dir / "distill.json").exists():  # the best model folder carries the full log
         _copy_log(log_path, out_dir)
     return _finish(state, out_dir, work, main)
+
+
+def _add_transfer(model, pieces: list[Piece], transfer: Corpus, first_sentence: int) -> np.ndarray:
+    """Append the transfer sentences' pieces to ``pieces``, numbered from ``first_sentence``;
+    return how many pieces each transfer sentence has (N,)."""
+    if transfer.tags is not None:
+        raise DistillError(f"transfer data {transfer.name!r} must be unlabelled text (tags None)")
+    if not len(transfer):
+        raise DistillError(f"transfer data {transfer.name!r} has no sentence")
+    found = make_pieces(model, transfer.tokens, cache=len(transfer) >= CACHE_MIN_SENTENCES)
+    counts = np.bincount([p.sentence for p in found], minlength=len(transfer))
+    if not counts.all():
+        raise DistillError(f"transfer data {transfer.name!r}: sentence {int(np.argmin(counts))} is empty")
+    pieces += [Piece(first_sentence + p.sentence, p.start, p.end, p.feature) for p in found]
+    return counts
+
+
+def _epoch_batches(lengths: Sequence[int], mixer, epoch: int, cfg: TrainConfig) -> list[list[int]]:
+    """The epoch's batches of piece indices: every piece, or the mixer's choice with a transfer set."""
+    seed = cfg.seed * 1000 + epoch
+    if mixer is None:
+        return bucket_batches(lengths, cfg.batch_size, seed=seed)
+    items = mixer.items(epoch)
+    return [[items[j] for j in b] for b in bucket_batches([lengths[i] for i in items], cfg.batch_size, seed=seed)]
 
 
 def _epoch_of(line: str) -> int | None:
@@ -495,12 +558,16 @@ def _finish(state: dict, out_dir: Path, work: Path, main: bool) -> dict[str, Any
     return summary
 
 
-def _final_meta(extra_meta, cfg, state, corpus, featurize_s, lengths, processes) -> dict:
+def _final_meta(extra_meta, cfg, state, corpus, featurize_s, lengths, processes, mixer=None) -> dict:
+    if mixer is not None:  # padding as in the first epoch's mix
+        lengths = [lengths[i] for i in mixer.items(0)]
     batches = bucket_batches(lengths, cfg.batch_size, seed=cfg.seed)
     meta = dict(extra_meta or {})
     meta["training"] = _plain({
         "config": asdict(cfg), "best_epoch": state["best_epoch"], "best_dev_f1": state["best_f1"],
-        "train_sentences": len(corpus), "train_seconds": round(state["train_seconds"], 1),
+        "train_sentences": len(corpus), "transfer_sentences": 0 if mixer is None else len(mixer.counts),
+        "transfer_sentences_per_epoch": 0 if mixer is None else mixer.per_epoch,
+        "train_seconds": round(state["train_seconds"], 1),
         "tokens_per_second": round(state["tokens_seen"] / max(state["train_seconds"], 1e-9), 1),
         "featurize_seconds": round(featurize_s, 2), "padding_waste": round(padding_waste(lengths, batches), 4),
         "processes": processes,

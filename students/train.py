@@ -3,7 +3,8 @@ teacher's emissions (``alpha < 1``) or on gold tags alone (``alpha == 1``, the b
 
 Every argument is checked before any data is read or any model built; the loss is
 :class:`distill.kd.DistillationLoss` (formula in :mod:`distill.kd`), and the one
-training loop of :mod:`distill.train` does the rest.
+training loop of :mod:`distill.train` does the rest. A transfer set of unlabelled text
+(:mod:`distill.transfer`) adds sentences the student learns from the teacher alone.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def _load_teacher(teacher: Path):
 def _build_bilstm(ds, teacher: Path | None, opts: dict, meta: dict):
     from students.bilstm_crf import BiLSTMTagger, build_vocabulary
 
-    vocab = build_vocabulary(ds.train.tokens, opts["min_count"])
+    # words met only in the transfer text get embeddings too: the teacher's emissions teach them
+    vocab = build_vocabulary(list(ds.train.tokens) + list(opts["transfer_tokens"]), opts["min_count"])
     model = BiLSTMTagger(vocab, ds.labels, embedding_dim=opts["embedding_dim"], hidden_size=opts["hidden_size"],
                          lstm_layers=opts["lstm_layers"], dropout=opts["dropout"], max_length=opts["max_length"],
                          meta=meta)
@@ -100,8 +102,9 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
                   emissions: Path | None = None, num_layers: int = 3, layers: list[int] | None = None,
                   embedding_dim: int = 128, hidden_size: int = 256, lstm_layers: int = 1,
                   dropout: float | None = None, init_embeddings: bool = False, min_count: int = 2,
-                  max_length: int = 512, train_config: TrainConfig | None = None, resume: bool = False,
-                  quiet: bool = False) -> dict:
+                  max_length: int = 512, transfer: list[str | Path] | None = None,
+                  transfer_ratio: float | None = None, train_config: TrainConfig | None = None,
+                  resume: bool = False, quiet: bool = False) -> dict:
     """Train a student into the model folder ``out`` and return the training summary.
 
     ``arch``: bilstm-crf | bert-small. ``dataset``: kwargs of :func:`distill.data.load_dataset`.
@@ -112,6 +115,10 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
     ``hidden_size`` (both directions), ``lstm_layers``, ``dropout`` (None: 0.5),
     ``min_count`` (rarer words are [UNK]), ``max_length`` (words per piece),
     ``init_embeddings`` (start from the teacher's input embeddings, PCA-projected).
+    ``transfer``: sources of unlabelled text (:mod:`distill.transfer`: a text file,
+    ``corpus:FILE`` or ``msra:unlabelled``), learnt from the teacher alone, ``transfer_ratio``
+    sentences per labelled sentence each epoch (None: all of them); the BiLSTM vocabulary
+    then also counts their words.
     ``train_config`` None: the per-architecture defaults (:data:`DEFAULT_TRAIN`).
     """
     import torch
@@ -132,6 +139,14 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
         raise DistillError("--init-embeddings is for bilstm-crf (bert-small always starts from the teacher)")
     if dropout is not None and not 0 <= dropout < 1:
         raise DistillError(f"dropout must be in [0, 1), got {dropout}")
+    transfer = list(transfer or [])
+    if transfer and kd_cfg.alpha == 1:
+        raise DistillError("--transfer needs distillation (alpha < 1): transfer sentences have no gold tags, "
+                           "only the teacher's emissions")
+    if transfer_ratio is not None and not transfer:
+        raise DistillError("--transfer-ratio needs a transfer set (--transfer FILE or msra:unlabelled)")
+    if transfer_ratio is not None and not transfer_ratio > 0:
+        raise DistillError(f"--transfer-ratio must be > 0 (transfer sentences per labelled sentence), got {transfer_ratio}")
     teacher_info = read_meta(teacher) if teacher is not None else None
     if teacher_info is not None and kd_cfg.alpha < 1 and kd_cfg.kd != "emission" \
             and teacher_info.get("config", {}).get("head") == "softmax":
@@ -146,25 +161,35 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
     meta = {"role": "student", "arch": arch, "teacher": str(teacher) if teacher is not None else None,
             "char_level": ds.train.char_level, "scheme": ds.train.scheme, "separator": ds.train.separator,
             "dataset": ds.name, "dataset_fingerprint": ds.fingerprint()}
+    transfer_set = None
+    if transfer:
+        from distill.transfer import load_transfer
+
+        char_level = bool(teacher_info.get("meta", {}).get("char_level", ds.train.char_level))
+        transfer_set = load_transfer(transfer, teacher=teacher, dataset=dataset, labelled=ds.train, labels=ds.labels,
+                                     char_level=char_level, quiet=quiet)
+        meta["transfer"] = transfer_set.meta(transfer_ratio)
     opts = {"num_layers": num_layers, "layers": layers, "embedding_dim": embedding_dim, "hidden_size": hidden_size,
             "lstm_layers": lstm_layers, "dropout": 0.5 if dropout is None and arch == "bilstm-crf" else dropout,
-            "init_embeddings": init_embeddings, "min_count": min_count, "max_length": max_length}
+            "init_embeddings": init_embeddings, "min_count": min_count, "max_length": max_length,
+            "transfer_tokens": transfer_set.corpus.tokens if transfer_set is not None else []}
     torch.manual_seed(cfg.seed)
     model, loaded_teacher = STUDENTS[arch](ds, teacher, opts, meta)
 
     # --- the loss ------------------------------------------------------------
-    loss_fn, extra_features, em = default_loss, None, None
+    loss_fn, collate, em = default_loss, None, None
     if kd_cfg.alpha < 1 or kd_cfg.hidden_weight > 0:
         crf = None
         if kd_cfg.alpha < 1:
             from distill.emissions import for_training
+            from distill.transfer import TeacherEmissions
 
             em = for_training(teacher=teacher, folder=emissions, dataset=dataset, corpus=ds.train,
                               labels=ds.labels, quiet=quiet)
             crf = teacher_crf(em.meta.get("transitions"), len(ds.labels))
             if crf is None and kd_cfg.kd != "emission":
                 raise DistillError(f"{em.folder}: the teacher has no CRF, so --kd {kd_cfg.kd} is impossible; use --kd emission")
-            extra_features = em.attach
+            collate = TeacherEmissions(em, transfer_set).collate(model)  # read from the memory maps per batch
 
         pairs = None
         if kd_cfg.hidden_weight > 0:
@@ -181,11 +206,16 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
               "num_layers": num_layers, "layers": layers, "embedding_dim": embedding_dim, "hidden_size": hidden_size,
               "lstm_layers": lstm_layers, "dropout": dropout, "init_embeddings": init_embeddings,
               "min_count": min_count, "max_length": max_length, "train_config": asdict(cfg), "resume": resume}
+    if transfer:
+        params.update(transfer=[str(t) for t in transfer], transfer_ratio=transfer_ratio)
     if not quiet:
         what = "gold tags only (alpha 1)" if kd_cfg.alpha == 1 else \
             f"alpha {alpha}, T {temperature}, kd {kd}" + (f", hidden {hidden_weight}" if hidden_weight else "")
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"student {arch} ({n_params / 1e6:.2f}M parameters): {ds.name} train {len(ds.train)} / dev {len(ds.dev)}; {what}")
-    return train(model, ds.train, ds.dev, out, cfg, loss_fn=loss_fn, extra_features=extra_features, resume=resume,
-                 quiet=quiet, extra_meta={"params": params, "distillation": asdict(kd_cfg)})
+        extra = f" + transfer {len(transfer_set)}" if transfer_set is not None else ""
+        print(f"student {arch} ({n_params / 1e6:.2f}M parameters): {ds.name} train {len(ds.train)}{extra} / "
+              f"dev {len(ds.dev)}; {what}")
+    return train(model, ds.train, ds.dev, out, cfg, loss_fn=loss_fn, collate=collate,
+                 transfer=transfer_set.corpus if transfer_set is not None else None, transfer_ratio=transfer_ratio,
+                 resume=resume, quiet=quiet, extra_meta={"params": params, "distillation": asdict(kd_cfg)})
 

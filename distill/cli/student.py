@@ -30,9 +30,18 @@ def student_cmd(
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher model folder (optional only with --alpha 1 and bilstm-crf)."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the gold-tag CRF loss; 1 - alpha goes to distillation (1: no teacher)."),
     temperature: float = typer.Option(4.0, "--T", "--temperature", help="Distillation temperature (> 0)."),
-    kd: str = typer.Option("emission", "--kd", help="emission (KL of tag distributions) | marginal (KL of CRF marginals) | both"),
+    kd: str = typer.Option("emission", "--kd", help="emission (KL of tag distributions) | marginal (KL of CRF marginals) | both "
+                           "| viterbi (NLL of the teacher's decoded path)"),
     hidden_weight: float = typer.Option(0.0, "--hidden-weight", help="bert-small: weight of hidden-state matching (runs the teacher each batch)."),
     emissions: Optional[Path] = typer.Option(None, "--emissions", help="Teacher emissions folder (default TEACHER/emissions-train; made if missing)."),
+    transfer: Optional[list[str]] = typer.Option(None, "--transfer", help="Unlabelled text learnt from the teacher alone "
+                                                 "(repeatable): a text file, one sentence per line, or msra:unlabelled "
+                                                 "(the MSRA train sentences outside --max-train)."),
+    transfer_corpus: Optional[list[Path]] = typer.Option(None, "--transfer-corpus", exists=True, dir_okay=False,
+                                                         help="A labelled file used as unlabelled text (its tags "
+                                                         "ignored; repeatable)."),
+    transfer_ratio: Optional[float] = typer.Option(None, "--transfer-ratio", help="Transfer sentences per labelled "
+                                                   "sentence in each epoch (default: the whole transfer set)."),
     out: Path = typer.Option(Path("runs/student"), "--out", "-o", help="Output model folder."),
     num_layers: Optional[int] = typer.Option(None, "--num-layers", help="bert-small: teacher layers to keep (default 3, or the count of --layers)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="bert-small: which teacher layers, e.g. 0,2,4 (default evenly spaced)."),
@@ -62,7 +71,7 @@ def student_cmd(
     checkpoint_minutes: float = CHECKPOINT_MINUTES, checkpoint_every: int = CHECKPOINT_EVERY,
 ):
     """Train a student on gold tags and the teacher's soft emissions:
-    alpha * CRF NLL + (1 - alpha) * T^2 * KL(teacher || student)."""
+    alpha * CRF NLL + (1 - alpha) * T^2 * KL(teacher || student); transfer sentences get the KD term alone."""
     quiet_libraries()
     from students.train import default_train_config, train_student
 
@@ -80,5 +89,6 @@ def student_cmd(
         alpha=alpha, temperature=temperature, kd=kd, hidden_weight=hidden_weight, emissions=emissions,
         num_layers=num_layers, layers=layer_list, embedding_dim=embedding_dim, hidden_size=hidden_size,
         lstm_layers=lstm_layers, dropout=dropout, init_embeddings=init_embeddings, min_count=min_count,
-        max_length=max_length, train_config=cfg, resume=resume)
+        max_length=max_length, transfer=list(transfer or []) + [f"corpus:{p}" for p in transfer_corpus or []],
+        transfer_ratio=transfer_ratio, train_config=cfg, resume=resume)
     print(f"best dev F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")

@@ -93,18 +93,42 @@ def eval_cmd(
 @teacher_app.command("emit")
 def emit_cmd(
     model: Path = typer.Argument(..., help="Teacher model folder."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Emissions folder (default MODEL/emissions-train)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Emissions folder (default MODEL/emissions-train, or "
+                                       "MODEL/emissions-<fingerprint> for --text and --corpus)."),
+    text: Optional[Path] = typer.Option(None, "--text", exists=True, dir_okay=False, help="Unlabelled text, one sentence "
+                                        "per line, split as the teacher's training data was (per character or on spaces)."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", exists=True, dir_okay=False, help="A labelled file whose "
+                                          "tags are ignored (format from its name, as for --train with --format auto)."),
     batch_size: int = typer.Option(64),
     dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
     fmt: str = FORMAT, max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV,
     tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
     test_tags_file: Optional[Path] = TEST_TAGS_FILE,
 ):
-    """Write the teacher's word-level emissions on the training data for students to learn from."""
+    """Write the teacher's word-level emissions on the training data (or on unlabelled text, for a
+    transfer set) for students to learn from."""
     quiet_libraries()
-    from distill.emissions import emit
+    from distill.emissions import emit, emit_text
 
+    if text is not None or corpus is not None:
+        folder = emit_text(model=model, out=out, corpus=read_unlabelled(model, text, corpus), batch_size=batch_size,
+                           source=str(text or corpus))
+        print(f"emissions written to {folder}")
+        return
     data = dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, None, tags_file=tags_file,
                           dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
     folder = emit(model=model, out=out, dataset=data, batch_size=batch_size)
     print(f"emissions written to {folder}")
+
+
+def read_unlabelled(model: Path, text: Optional[Path], corpus: Optional[Path]):
+    """The sentences of ``--text`` or ``--corpus``, read as ``distill student --transfer`` /
+    ``--transfer-corpus`` read them, so the student finds these emissions."""
+    from distill.errors import DistillError
+    from distill.modeling import read_meta
+    from distill.transfer import read_source
+
+    if text is not None and corpus is not None:
+        raise DistillError("give --text or --corpus, not both (each is emitted into its own folder)")
+    char_level = bool(read_meta(model).get("meta", {}).get("char_level"))
+    return read_source(f"corpus:{corpus}" if corpus is not None else f"text:{text}", dataset={}, char_level=char_level)
