@@ -62,12 +62,17 @@ class Profile:
     # MLM pretraining of the backbone before the teacher (`distill teacher adapt`); None: off.
     # Runs only when the vocabulary extension adds tokens for the training data.
     adapt: AdaptConfig | None = None
-    teacher: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, embedding_lr=2e-3))
+    teacher: TrainConfig = field(default_factory=lambda: e5_teacher_config())
     bilstm: TrainConfig = field(default_factory=lambda: _student_config("bilstm-crf"))
     bert_small: TrainConfig = field(default_factory=lambda: _student_config("bert-small"))
     student_layers: int = 3
     alpha: float = 0.5
     temperature: float = 4.0
+    # Unlabelled text the distilled students also learn from (the teacher labels it), when the
+    # data is the built-in MSRA: the train sentences outside max_train (`msra:unlabelled`, or
+    # `msra:unlabelled:N` for a seeded N of them); () for none. A user's --train gets none.
+    transfer: tuple[str, ...] = ("msra:unlabelled",)
+    transfer_ratio: float | None = None  # transfer sentences per labelled one per epoch (None: all, once)
     quantize: tuple[str, ...] = ("teacher", "bilstm-crf-kd", "bert-small-kd")  # models to quantize
     quantize_methods: tuple[str, ...] = ("int8", "onnx-int8")
     gpu_methods: tuple[str, ...] = ("fp16", "bnb8")  # added when CUDA is available
@@ -100,10 +105,17 @@ class Profile:
                 raise ValueError(f"pruning sparsity must be in (0, 1), got {sparsity}")
 
 
+def e5_teacher_config(**overrides) -> TrainConfig:
+    """The teacher recipe for the built-in e5-small backbone: 3 epochs, batch 32, encoder
+    and embeddings at 2e-4, head 1e-3, CRF 1e-2, 6% warmup then linear decay
+    (benchmarks/teacher_table.sh; README's teacher table)."""
+    return TrainConfig(**dict(dict(epochs=3, lr=2e-4, head_lr=1e-3), **overrides))
+
+
 def quick_profile() -> Profile:
     """About 20 minutes end to end on a 2-core CPU (the README gives the measured time)."""
     return Profile(name="quick", max_train=2000, max_dev=200, max_test=500,
-                   teacher=TrainConfig(epochs=2, embedding_lr=2e-3),
+                   teacher=e5_teacher_config(), transfer=("msra:unlabelled:4000",),
                    bilstm=_student_config("bilstm-crf", epochs=8),
                    bert_small=_student_config("bert-small", epochs=1),
                    latency_sentences=200)
@@ -112,7 +124,7 @@ def quick_profile() -> Profile:
 def cpu_profile() -> Profile:
     """The longest run a 2-core CPU affords in about an hour and a half: 8,000 training
     sentences, the full test set, magnitude and head pruning (the committed report)."""
-    return Profile(name="cpu", max_train=8000, max_dev=1000, teacher=TrainConfig(epochs=2, embedding_lr=2e-3),
+    return Profile(name="cpu", max_train=8000, max_dev=1000, teacher=e5_teacher_config(),
                    bilstm=_student_config("bilstm-crf", epochs=12),
                    bert_small=_student_config("bert-small", epochs=1),
                    prune=(("magnitude", 0.5), ("heads", 0.5)), latency_sentences=300)
@@ -128,7 +140,7 @@ def full_profile() -> Profile:
     from teachers.adapt import AdaptConfig
 
     return Profile(name="full", adapt=AdaptConfig(epochs=3, embeddings_only_steps=300),
-                   teacher=TrainConfig(epochs=3, embedding_lr=2e-3),
+                   teacher=e5_teacher_config(),
                    bilstm=_student_config("bilstm-crf", epochs=12),
                    bert_small=_student_config("bert-small", epochs=2),
                    quantize=("teacher",) + STUDENTS, prune=(("magnitude", 0.5), ("heads", 0.5)),
@@ -165,7 +177,7 @@ def teacher_params(*, backbone: str | None, dataset: dict, cfg: TrainConfig,
     (``backbone_finished``: the stamp of an adapted backbone)."""
     adapted = {"backbone_finished": backbone_finished} if backbone_finished else {}
     return _plain({"backbone": backbone, **adapted, "head": "crf", "extend_vocab": True, "random_init": False,
-                   "num_layers": None, "freeze_layers": 0, "dropout": 0.1, "max_length": 128,
+                   "num_layers": None, "freeze_layers": 0, "dropout": 0.1, "alignment": "auto", "prune_vocab": True, "max_length": 128,
                    "dataset": dataset, "train_config": asdict(cfg)})
 
 
@@ -294,27 +306,33 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
                       lambda: _plain({"teacher_saved": _saved(teacher), "dataset": train_ds, "batch_size": 64}),
                       run_emit))
 
+    builtin_data = train_ds.get("train") is None and train_ds.get("name", "msra") == "msra"
+    transfer = list(profile.transfer) if builtin_data else []
     for name in STUDENTS:
         arch = "bert-small" if name.startswith("bert-small") else "bilstm-crf"
         alpha = profile.alpha if name.endswith("-kd") else 1.0
         cfg = profile.bert_small if arch == "bert-small" else profile.bilstm
         out = run_dir / name
         source = teacher if arch == "bert-small" or alpha < 1 else None  # gold tags alone: no teacher
+        extra = transfer if alpha < 1 else []
 
-        def run_student(resume: bool, out=out, arch=arch, alpha=alpha, cfg=cfg, source=source):
+        def run_student(resume: bool, out=out, arch=arch, alpha=alpha, cfg=cfg, source=source, extra=extra):
             from students.train import train_student
 
             return train_student(out=out, teacher=source, arch=arch, dataset=train_ds, alpha=alpha,
                                  temperature=profile.temperature, kd="emission", num_layers=profile.student_layers,
+                                 transfer=extra or None, transfer_ratio=profile.transfer_ratio if extra else None,
                                  train_config=cfg, resume=resume, quiet=quiet)
 
-        def student_params(arch=arch, alpha=alpha, cfg=cfg, source=source):
+        def student_params(arch=arch, alpha=alpha, cfg=cfg, source=source, extra=extra):
             return _plain({"arch": arch, "alpha": alpha, "temperature": profile.temperature, "kd": "emission",
                            "num_layers": profile.student_layers if arch == "bert-small" else None,
                            "dataset": train_ds, "train_config": _config_key(cfg),
-                           "teacher_saved": _saved(source) if source else None})
+                           "teacher_saved": _saved(source) if source else None,
+                           **({"transfer": extra, "transfer_ratio": profile.transfer_ratio} if extra else {})})
 
         what = f"distilled, alpha {profile.alpha}, T {profile.temperature}" if alpha < 1 else "gold tags only"
+        what += f", transfer {'+'.join(extra)}" if extra else ""
         steps.append(Step(name, f"student {name} ({what})", out, "distill.json", student_params, run_student,
                           trains=True))
 
@@ -482,12 +500,12 @@ def _adapted_matches(folder: Path, params: dict) -> bool:
     """Whether ``folder`` holds a finished `distill teacher adapt` of the backbone, text and
     settings that ``params`` (the pipeline's adapt step) asks for."""
     from distill.data import load_dataset
-    from teachers.bert_crf import default_backbone
+    from teachers.backbones import resolve_backbone
 
     try:
         info = json.loads((folder / "adapt.json").read_text(encoding="utf-8"))
         config = {k: v for k, v in info["config"].items() if k != "checkpoint_every"}
-        same = (info["source_backbone"] == (params["backbone"] or default_backbone()) and config == params["config"]
+        same = (info["source_backbone"] == resolve_backbone(params["backbone"]) and config == params["config"]
                 and info["extend_vocab"] is True and info["min_count"] == 2)
         return same and info["text"]["fingerprint"] == load_dataset(**params["dataset"]).train.fingerprint()
     except (OSError, json.JSONDecodeError, KeyError, TypeError):

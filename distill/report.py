@@ -29,7 +29,8 @@ FORMAT = "distill-report/1"
 # (key, Markdown header, formatter name) of the main table, in order
 COLUMNS = [
     ("name", "model", "text"), ("kind", "kind", "text"), ("precision", "P", "f4"), ("recall", "R", "f4"),
-    ("f1", "F1", "f4"), ("f1_delta", "ΔF1 vs teacher", "signed"), ("parameters", "params", "int"),
+    ("f1", "F1", "f4"), ("f1_delta", "ΔF1 vs teacher", "signed"), ("f1_vs_gold", "ΔF1 vs no KD", "signed"),
+    ("labelled", "labelled", "int"), ("transfer", "transfer", "int"), ("parameters", "params", "int"),
     ("size_mb", "size MB", "f2"), ("latency_ms_median", "latency ms (median)", "f2"),
     ("latency_ms_p90", "latency ms (p90)", "f2"), ("throughput", "sent/s @32", "f1"),
     ("speedup_b1", "speedup b1", "x"), ("speedup_b32", "speedup @32", "x"), ("peak_rss_mb", "peak RSS MB", "f0"),
@@ -244,13 +245,36 @@ def _row(e: Entry, r: dict[str, Any], size_mb: float) -> dict[str, Any]:
     keys = ("precision", "recall", "f1", "support", "per_type", "parameters", "parameters_note", "latency_ms_median",
             "latency_ms_p90", "latency_ms_mean", "latency_sentences", "throughput", "tokens_per_second",
             "peak_rss_mb", "peak_rss_over_baseline_mb", "gpu_peak_mb", "device", "load_seconds", "threads")
+    params = (e.meta.get("source_params") if e.meta.get("source_kind") else e.meta.get("params")) or {}
+    training = e.meta.get("training") or {}
     row = {"name": e.name, "folder": str(e.folder), "kind": e.info.get("kind"), "role": e.meta.get("role"),
-           "size_mb": size_mb, **{k: r[k] for k in keys if k in r}}
+           "size_mb": size_mb, "labelled": training.get("train_sentences"),
+           "transfer": training.get("transfer_sentences", 0) if training else None,
+           "student": student_identity(params) if e.meta.get("role") == "student" else None,
+           "alpha": params.get("alpha"), "compressed": bool(e.meta.get("source_kind")),
+           **{k: r[k] for k in keys if k in r}}
     return row
 
 
+def student_identity(params: dict[str, Any]) -> dict[str, Any] | None:
+    """What makes two students twins apart from distillation: architecture, size, data and
+    training schedule (alpha, T, the KD loss, the teacher and the transfer set left out)."""
+    if "arch" not in params:
+        return None
+    same = ("arch", "dataset", "num_layers", "layers", "embedding_dim", "hidden_size", "lstm_layers", "dropout",
+            "init_embeddings", "min_count", "max_length")
+    config = {k: v for k, v in (params.get("train_config") or {}).items() if k not in ("checkpoint_minutes", "checkpoint_every")}
+    return {**{k: params.get(k) for k in same}, "train_config": config}
+
+
 def _compare(rows: list[dict[str, Any]], ref: dict[str, Any] | None) -> None:
+    """Deltas and speedups vs the teacher ``ref``, and each distilled student's F1 against its
+    gold-only twin (same identity, alpha 1: :func:`student_identity`), compressed forms included."""
+    gold = {json.dumps(r["student"], sort_keys=True, default=str): r for r in rows
+            if r.get("student") and r.get("alpha") == 1.0 and not r.get("compressed")}
     for row in rows:
+        twin = gold.get(json.dumps(row.get("student"), sort_keys=True, default=str)) if row.get("student") else None
+        row["f1_vs_gold"] = None if twin is None or twin is row else row["f1"] - twin["f1"]
         row["f1_delta"] = None if ref is None else row["f1"] - ref["f1"]
         row["speedup_b1"] = None if ref is None else ref["latency_ms_median"] / row["latency_ms_median"]
         row["speedup_b32"] = None if ref is None else row["throughput"] / ref["throughput"]

@@ -42,14 +42,22 @@ def sentence_key(tokens: Sequence[str]) -> str:
 def describe(spec: str | Path) -> tuple[str, str]:
     """``(kind, value)`` of a source: ``("builtin", name)``, ``("text", path)`` or ``("corpus", path)``."""
     spec = str(spec)
-    if spec in BUILTIN:
+    if spec in BUILTIN or _capped_builtin(spec) is not None:
         return "builtin", spec
     kind, _, rest = spec.partition(":")
     if kind in ("text", "corpus") and rest:
         return kind, rest
     if kind == "msra":
-        raise DistillError(f"unknown built-in transfer set {spec!r}; expected one of {', '.join(BUILTIN)}")
+        raise DistillError(f"unknown built-in transfer set {spec!r}; expected one of {', '.join(BUILTIN)} (or msra:unlabelled:N for a seeded N of them)")
     return "text", spec
+
+
+def _capped_builtin(spec: str) -> tuple[str, int] | None:
+    """``("msra:unlabelled", N)`` for ``msra:unlabelled:N`` (a seeded N of those sentences), else None."""
+    name, _, count = spec.rpartition(":")
+    if name in BUILTIN and count.isdigit() and int(count) > 0:
+        return name, int(count)
+    return None
 
 
 def read_source(spec: str | Path, *, dataset: dict, char_level: bool, pool: Dataset | None = None) -> Corpus:
@@ -67,6 +75,11 @@ def read_source(spec: str | Path, *, dataset: dict, char_level: bool, pool: Data
         if not len(corpus):
             raise DistillError(f"--transfer {value}: no sentence is left out of training; "
                                f"set --max-train below the {len(pool.train) if pool else 'available'} train sentences")
+        capped = _capped_builtin(value)
+        if capped is not None and capped[1] < len(corpus):
+            import random
+
+            corpus = corpus.subset(sorted(random.Random(29).sample(range(len(corpus)), capped[1])), corpus.name)
         return corpus
     path = Path(value)
     if kind == "corpus":

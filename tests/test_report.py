@@ -58,7 +58,8 @@ def test_every_model_measured_with_consistent_columns(tiny_run, tiny_dataset_kwa
     ds = load_dataset(**tiny_dataset_kwargs)
     rows = {r["name"]: r for r in report["models"]}
     for row in report["models"]:
-        assert all(row.get(key) is not None for key, _, _ in COLUMNS), row
+        assert all(row.get(key) is not None for key, _, _ in COLUMNS if key != "f1_vs_gold"), row
+        assert row["f1_vs_gold"] is None  # no gold-only twin of a distilled student here
         model = load_model(row["folder"])
         # the same predictions as an in-process evaluation: batching does not change a CRF's tags
         assert row["f1"] == pytest.approx(evaluate(model, ds.test)["f1"])
@@ -207,3 +208,28 @@ def test_latency_subset_spreads_over_the_test_set():
     assert latency_subset(10, 20) == list(range(10))
     idx = latency_subset(1000, 4)
     assert idx == [0, 250, 500, 750]
+
+
+def test_distilled_students_are_compared_with_their_gold_only_twin():
+    """ΔF1 vs no KD: a distilled student (and its compressed forms) against the student of the
+    same identity trained on gold tags alone; not against another size or data."""
+    from distill.report import _compare, student_identity
+
+    def student(name, f1, alpha, hidden=256, compressed=False, transfer=0):
+        params = {"arch": "bilstm-crf", "alpha": alpha, "temperature": 4.0, "kd": "emission", "hidden_size": hidden,
+                  "dataset": {"name": "msra", "max_train": 8000}, "train_config": {"epochs": 12, "lr": 2e-3,
+                                                                                  "checkpoint_minutes": 10.0}}
+        return {"name": name, "f1": f1, "latency_ms_median": 1.0, "throughput": 100.0, "role": "student",
+                "student": student_identity(params), "alpha": alpha, "compressed": compressed, "transfer": transfer}
+
+    rows = [student("gold", 0.70, 1.0), student("kd", 0.75, 0.5, transfer=40000),
+            student("kd-onnx-int8", 0.748, 0.5, compressed=True), student("big-kd", 0.80, 0.5, hidden=600),
+            {"name": "teacher", "f1": 0.85, "latency_ms_median": 10.0, "throughput": 10.0, "role": "teacher",
+             "student": None}]
+    _compare(rows, rows[-1])
+    by = {r["name"]: r for r in rows}
+    assert by["kd"]["f1_vs_gold"] == pytest.approx(0.05)
+    assert by["kd-onnx-int8"]["f1_vs_gold"] == pytest.approx(0.048)
+    assert by["gold"]["f1_vs_gold"] is None and by["teacher"]["f1_vs_gold"] is None
+    assert by["big-kd"]["f1_vs_gold"] is None  # another size: no twin
+    assert by["kd"]["f1_delta"] == pytest.approx(-0.10)

