@@ -319,7 +319,7 @@ def test_build_teacher_records_the_name_and_the_folder(tiny_folder, monkeypatch)
 
     monkeypatch.setitem(BUILTIN, "e5-small", lambda: str(tiny_folder))
     teacher = build_teacher(["O", "B-LOC", "I-LOC"], [["北", "京"], ["a", "b", "c"]], backbone="e5-small",
-                            extend_vocab=False)
+                            extend_vocab=False, prune_vocab=False)
     assert teacher.meta["backbone"] == "e5-small" and teacher.meta["backbone_path"] == str(tiny_folder)
     assert teacher.encoder.config.hidden_size == H and teacher.encoder.config.vocab_size == VOCAB_ROWS
     assert (teacher.tokenizer.cls_token_id, teacher.tokenizer.sep_token_id) == (0, 2)

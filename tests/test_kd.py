@@ -180,7 +180,7 @@ def test_alpha_one_is_exactly_plain_crf_training(tmp_path, tiny_dataset_kwargs, 
     from distill.data import load_dataset
     from distill.train import train
     from students.bilstm_crf import BiLSTMTagger, build_vocabulary
-    from students.train import default_train_config, train_student
+    from students.train import BILSTM_DROPOUT, default_train_config, train_student
 
     cfg = default_train_config("bilstm-crf", epochs=1, batch_size=8, max_steps=3, checkpoint_minutes=0)
     unused = tmp_path / "emissions"
@@ -190,7 +190,7 @@ def test_alpha_one_is_exactly_plain_crf_training(tmp_path, tiny_dataset_kwargs, 
 
     ds = load_dataset(**tiny_dataset_kwargs)
     torch.manual_seed(cfg.seed)
-    plain = BiLSTMTagger(build_vocabulary(ds.train.tokens, 2), ds.labels)
+    plain = BiLSTMTagger(build_vocabulary(ds.train.tokens, 2), ds.labels, dropout=BILSTM_DROPOUT)
     base = train(plain, ds.train, ds.dev, tmp_path / "plain", cfg, quiet=True)
 
     a, b = load_file(tmp_path / "kd" / "model.safetensors"), load_file(tmp_path / "plain" / "model.safetensors")
