@@ -7,6 +7,7 @@ files, a vocabulary). :func:`load_model` rebuilds any kind from the folder alone
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 from dataclasses import dataclass
@@ -182,12 +183,18 @@ DECODINGS = ("constrained", "free")
 def allowed_for(labels: Sequence[str], meta: dict[str, Any]):
     """Constrained decoding is the default: every model folder decodes only valid BIO
     paths unless its ``distill.json`` meta says ``"decoding": "free"``."""
-    from distill.schemes import allowed_transitions
-
     decoding = meta.get("decoding", "constrained")
     if decoding not in DECODINGS:
         raise DistillError(f"decoding must be one of {', '.join(DECODINGS)}, got {decoding!r}")
-    return None if decoding == "free" else allowed_transitions(labels)
+    return None if decoding == "free" else _allowed(tuple(labels))
+
+
+@functools.lru_cache(maxsize=64)
+def _allowed(labels: tuple[str, ...]):
+    """:func:`distill.schemes.allowed_transitions`, once per label set (decoding asks per batch)."""
+    from distill.schemes import allowed_transitions
+
+    return allowed_transitions(labels)
 
 
 def collate_extras(features: Sequence[dict], batch: dict[str, Tensor], W: int) -> None:

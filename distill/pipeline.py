@@ -145,7 +145,7 @@ def full_profile() -> Profile:
     RUN_DIR/backbone-adapted --out RUN_DIR/teacher`, whose outputs are reused."""
     from teachers.adapt import AdaptConfig
 
-    return Profile(name="full", adapt=AdaptConfig(epochs=3, embeddings_only_steps=300),
+    return Profile(name="full", adapt=AdaptConfig(epochs=3, embeddings_only_steps=300), transfer=(),
                    teacher=e5_teacher_config(),
                    bilstm=_student_config("bilstm-crf", epochs=12),
                    bert_small=_student_config("bert-small", epochs=2),
@@ -312,8 +312,9 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
                       lambda: _plain({"teacher_saved": _saved(teacher), "dataset": train_ds, "batch_size": 64}),
                       run_emit))
 
+    # the built-in transfer set is the MSRA train text outside the labelled budget: none without one
     builtin_data = train_ds.get("train") is None and train_ds.get("name", "msra") == "msra"
-    transfer = list(profile.transfer) if builtin_data else []
+    transfer = list(profile.transfer) if builtin_data and train_ds.get("max_train") else []
     names = list(STUDENTS)
     if transfer and profile.kd_without_transfer:
         names.insert(names.index("bilstm-crf-kd") + 1, "bilstm-crf-kd-labelled")
