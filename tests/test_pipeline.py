@@ -300,3 +300,26 @@ def test_cli_run_skips_a_finished_run(tiny_pipeline, tiny_backbone, tiny_dataset
     assert "skipped" in r.output and "step 10/10: comparison report" in r.output
     r = runner.invoke(app, ["run", str(run), "--profile", "nope"])
     assert isinstance(r.exception, DistillError) and "expected one of" in str(r.exception)
+
+
+def test_built_in_data_gives_the_distilled_students_the_transfer_set(tmp_path):
+    """On MSRA with a labelled budget the KD students also learn from the rest of train
+    (and one distilled BiLSTM-CRF does without it); the full profile has no rest to use."""
+    from distill.pipeline import get_profile, normalise_dataset, plan
+
+    def students(name):
+        profile = get_profile(name)
+        train_ds, report_ds = normalise_dataset(None, profile)
+        steps = plan(run_dir=tmp_path, profile=profile, train_ds=train_ds, report_ds=report_ds, backbone="x",
+                     cuda=False, threads=1, quiet=True)
+        return {s.name: s.params() for s in steps if s.name.startswith(("bilstm-crf", "bert-small")) and s.trains}
+
+    cpu = students("cpu")
+    assert list(cpu) == ["bilstm-crf", "bilstm-crf-kd", "bilstm-crf-kd-labelled", "bert-small", "bert-small-kd"]
+    assert cpu["bilstm-crf-kd"]["transfer"] == ["msra:unlabelled"] and cpu["bilstm-crf-kd"]["transfer_ratio"] == 2.0
+    assert cpu["bert-small-kd"]["transfer"] == ["msra:unlabelled"]
+    assert "transfer" not in cpu["bilstm-crf-kd-labelled"] and cpu["bilstm-crf-kd-labelled"]["alpha"] < 1
+    assert "transfer" not in cpu["bilstm-crf"] and cpu["bilstm-crf"]["alpha"] == 1
+    assert students("quick")["bilstm-crf-kd"]["transfer"] == ["msra:unlabelled:4000"]
+    full = students("full")
+    assert "bilstm-crf-kd-labelled" not in full and "transfer" not in full["bilstm-crf-kd"]
