@@ -4,60 +4,12 @@ tokenizer and BERT built here (the shape of multilingual-e5's, nothing downloade
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
 from teachers.bert_crf import METASPACE, BertTagger, CharPieces, choose_alignment, shape_id
-
-SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-
-
-def make_sp_backbone(folder: Path, sentences, hidden: int = 32) -> Path:
-    """A tiny BERT with an XLM-R-style Unigram tokenizer: every character, ``▁c`` for
-    every other character, the 30 commonest character bigrams and a lone ``▁``, so
-    natural segmentation gives multi-character pieces and lone-``▁`` starts."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    import unicodedata
-
-    chars = sorted({unicodedata.normalize("NFKC", c) for s in sentences for w in s for c in w}
-                   | set("abcdefghijklmnopqrstuvwxyz"))
-    bigrams = Counter("".join(s)[i : i + 2] for s in sentences for i in range(len("".join(s)) - 1))
-    pieces = [(t, 0.0) for t in SPECIALS] + [(METASPACE, -2.0)]
-    pieces += [(c, -6.0) for c in chars] + [(METASPACE + c, -5.0) for c in chars[::2]]
-    pieces += [(b, -4.0) for b, _ in bigrams.most_common(30)] + [(METASPACE + "the", -3.0), ("ing", -4.0)]
-    pieces = list(dict((p, s) for p, s in pieces).items())
-    tok = Tokenizer(models.Unigram(pieces, unk_id=3))
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", cls_token="<s>",
-                                   sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
-    folder.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(pieces), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, pad_token_id=1)
-    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def corpus(tiny_dataset_kwargs):
-    from distill.data import load_dataset
-
-    return load_dataset(**tiny_dataset_kwargs)
-
-
-@pytest.fixture(scope="module")
-def sp_backbone(tmp_path_factory, corpus) -> Path:
-    return make_sp_backbone(tmp_path_factory.mktemp("sp") / "backbone", corpus.train.tokens)
-
 
 def _tagger(backbone: Path, labels, alignment: str) -> BertTagger:
     from transformers import AutoModel

@@ -1,5 +1,5 @@
 """Vocabulary pruning (quantize/vocab.py) on a tiny Unigram tokenizer and BERT built here
-(tests/test_alignment.py's make_sp_backbone) and on the tiny WordPiece backbone: the same
+(tests/conftest.py's make_sp_backbone) and on the tiny WordPiece backbone: the same
 pieces and encoder output on the pruning text, no <unk> for an unseen character of a kept
 script, kept ids that name the original pieces, and pruned teachers that train, save, load,
 export and predict as their source does."""
@@ -14,20 +14,6 @@ import torch
 
 from distill.errors import DistillError
 from quantize.vocab import prune_vocabulary, sentence_texts
-
-
-@pytest.fixture(scope="module")
-def corpus(tiny_dataset_kwargs):
-    from distill.data import load_dataset
-
-    return load_dataset(**tiny_dataset_kwargs)
-
-
-@pytest.fixture(scope="module")
-def sp_backbone(tmp_path_factory, corpus) -> Path:
-    from test_alignment import make_sp_backbone
-
-    return make_sp_backbone(tmp_path_factory.mktemp("vocab-sp") / "backbone", corpus.train.tokens)
 
 
 def _load(backbone: Path):
