@@ -9,27 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/teacher-table}
-DISTILL=${DISTILL:-distill}
 Q="--max-train 2000 --max-dev 200"   # the quick profile's data (scored here on the full test set)
 C="--max-train 8000 --max-dev 1000"  # the cpu profile's data
 E5="--epochs 3 --lr 2e-4 --head-lr 1e-3 --batch-size 32"  # e5-small: encoder lr 2e-4, 6% warmup, linear decay
 BILSTM="--arch bilstm-crf --alpha 1 --epochs 12"
-mkdir -p "$RUN"
-
-resume() { [[ -f "$RUN/$1.work/checkpoint.pt" ]] && echo --resume || true; }
-done_() { [[ -f "$RUN/$1/eval.json" ]]; }
-evaluate() {
-  $DISTILL eval "$RUN/$1" > /dev/null
-  python3 - "$RUN/$1" "$1" <<'PY'
-import json, sys
-folder, name = sys.argv[1], sys.argv[2]
-test = json.load(open(f"{folder}/eval.json"))
-info = json.load(open(f"{folder}/distill.json"))
-t = info.get("meta", {}).get("training", {})
-print(f"{name}\tdev F1 {t.get('best_dev_f1', float('nan')):.4f} (epoch {t.get('best_epoch')})\ttest F1 {test['f1']:.4f}"
-      f"\t{t.get('train_seconds')} s training, {t.get('tokens_per_second')} words/s")
-PY
-}
+source benchmarks/table_lib.sh
 
 recipe() {
   case "$1" in
@@ -48,11 +32,4 @@ recipe() {
   esac
 }
 
-for one in ${@:-e5-2k bilstm-2k-d01 bilstm-2k-d05 e5-8k bilstm-8k-d01 bilstm-8k-d03 bilstm-8k-d05 minilm-2k e5-2k-char}; do
-  if ! done_ "$one"; then
-    start=$(date +%s)
-    recipe "$one"
-    echo -e "$one\t$(( $(date +%s) - start ))s" >> "$RUN/times.tsv"
-  fi
-  evaluate "$one"
-done
+run_all ${@:-e5-2k bilstm-2k-d01 bilstm-2k-d05 e5-8k bilstm-8k-d01 bilstm-8k-d03 bilstm-8k-d05 minilm-2k e5-2k-char}
