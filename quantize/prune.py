@@ -14,7 +14,7 @@ short fine-tune (distilled from the unpruned model when a teacher is given).
   lowest I_h over all layers go first, each layer keeping at least one. Which heads
   were removed is stored as ``pruned_heads`` in the encoder config (original head
   numbers), and :meth:`teachers.bert_crf.BertTagger.build` removes them again on load
-  (transformers 5 no longer does: it dropped ``prune_heads`` and ``config.pruned_heads``).
+  (:mod:`teachers.heads`, which also does the removing here).
 * ``vocab``: the embedding rows (and tokenizer pieces) a corpus does not need are removed,
   predictions on the kept pieces unchanged: :func:`quantize.vocab.prune_vocab_folder`.
 
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from distill.errors import DistillError
 from distill.modeling import META_FILE, Tagger
 from quantize import dataset_of, derived_meta, load_source, output_folder
+from teachers.heads import attention_layers, remove_heads
 
 PRUNE_METHODS = ("magnitude", "heads", "vocab")
 
@@ -114,57 +115,6 @@ def keep_pruned(masks: Sequence[tuple[Tensor, Tensor]]) -> list:
 # Attention heads
 
 
-def _attention_layers(encoder) -> list:
-    try:
-        return list(encoder.encoder.layer)
-    except AttributeError:
-        raise DistillError("--method heads needs a BERT-style encoder (encoder.encoder.layer[i].attention)") from None
-
-
-def _shrink(layer, heads: Sequence[int]) -> None:
-    """Remove ``heads`` (current numbering) from one BERT layer's attention."""
-    from transformers.pytorch_utils import prune_linear_layer
-
-    attn = layer.attention
-    self_attn = attn.self
-    d = self_attn.attention_head_size
-    keep = [h for h in range(self_attn.num_attention_heads) if h not in set(heads)]
-    if not keep:
-        raise DistillError("cannot remove every attention head of a layer")
-    index = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep])
-    self_attn.query = prune_linear_layer(self_attn.query, index)
-    self_attn.key = prune_linear_layer(self_attn.key, index)
-    self_attn.value = prune_linear_layer(self_attn.value, index)
-    attn.output.dense = prune_linear_layer(attn.output.dense, index, dim=1)
-    self_attn.num_attention_heads = len(keep)
-    self_attn.all_head_size = len(keep) * d
-
-
-def apply_pruned_heads(encoder, pruned_heads: dict) -> None:
-    """Shrink a freshly built full-size encoder to the heads kept by an earlier pruning:
-    ``pruned_heads`` maps a layer index (int or str, as JSON has it) to removed heads
-    (original numbers). Used when loading a head-pruned model folder."""
-    layers = _attention_layers(encoder)
-    for layer, heads in pruned_heads.items():
-        if heads:
-            _shrink(layers[int(layer)], sorted(int(h) for h in heads))
-
-
-def remove_heads(encoder, heads: dict[int, list[int]]) -> None:
-    """Remove ``heads`` (layer -> head numbers as the layer has them now) and record them
-    in ``encoder.config.pruned_heads`` in original numbering."""
-    config = encoder.config
-    done = {int(k): set(v) for k, v in (getattr(config, "pruned_heads", None) or {}).items()}
-    layers = _attention_layers(encoder)
-    for layer, current in heads.items():
-        if not current:
-            continue
-        original = [h for h in range(config.num_attention_heads) if h not in done.get(layer, set())]
-        done.setdefault(layer, set()).update(original[h] for h in current)
-        _shrink(layers[layer], current)
-    config.pruned_heads = {str(k): sorted(v) for k, v in sorted(done.items()) if v}
-
-
 def head_importance(model: Tagger, sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[int]],
                     batch_size: int = 16) -> list[Tensor]:
     """Michel et al. (2019) head importance per layer, each a (heads,) tensor: the sum
@@ -173,7 +123,7 @@ def head_importance(model: Tagger, sentences: Sequence[Sequence[str]], tags: Seq
     L the CRF NLL of the gold tags; then each layer's vector divided by its L2 norm."""
     from distill.features import iterate_batches, make_pieces
 
-    layers = _attention_layers(model.encoder)
+    layers = attention_layers(model.encoder)
     gates = [torch.ones(layer.attention.self.num_attention_heads, requires_grad=True) for layer in layers]
     hooks = []
     for layer, gate in zip(layers, gates):

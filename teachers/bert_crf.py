@@ -333,8 +333,8 @@ class BertTagger(Tagger):
 
         enc_config = AutoConfig.from_pretrained(folder, local_files_only=True)
         encoder = AutoModel.from_config(enc_config, add_pooling_layer=False)
-        if getattr(enc_config, "pruned_heads", None):  # head-pruned (quantize/prune.py): transformers 5 no longer re-prunes
-            from quantize.prune import apply_pruned_heads
+        if getattr(enc_config, "pruned_heads", None):  # head-pruned: transformers 5 no longer re-prunes
+            from teachers.heads import apply_pruned_heads
 
             apply_pruned_heads(encoder, enc_config.pruned_heads)
         tokenizer = load_tokenizer(str(folder))
