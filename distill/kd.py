@@ -43,7 +43,8 @@ and no teacher output is read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -205,7 +206,8 @@ class DistillationLoss:
     :func:`distill.train.train`; the formula is in the module docstring.
 
     ``teacher_crf``: the teacher's transitions (for marginal KD). ``teacher``: the
-    teacher model, run on each batch only when ``hidden_weight > 0``.
+    teacher model, run on each batch only when ``hidden_weight > 0``. Both are moved
+    once, at the first batch, to the device the student trains on.
     """
 
     def __init__(self, config: KDConfig, teacher_crf: CRF | None = None, teacher=None,
@@ -215,12 +217,14 @@ class DistillationLoss:
         self.teacher_crf = teacher_crf
         self.teacher = teacher
         self.layer_pairs = list(layer_pairs or [])
+        self._placed = False
         if config.hidden_weight > 0 and (teacher is None or not self.layer_pairs):
             raise DistillError("hidden-state matching needs the teacher model and the layer pairs to compare")
 
     def __call__(self, model, out, batch: dict) -> tuple[Tensor, dict[str, float]]:
         c = self.config
-        self._follow(out.emissions.device)
+        if not self._placed:
+            self._place(out.emissions.device)
         nll = gold_nll(model, out, batch)
         parts = {"nll": nll.item()}
         loss = nll
@@ -234,16 +238,57 @@ class DistillationLoss:
             if out.hidden_states is None:
                 raise DistillError("the student returned no hidden states; hidden-state matching needs a BERT student")
             with torch.no_grad():
-                self.teacher.eval()
                 teacher_hidden = self.teacher(batch, output_hidden_states=True).hidden_states
             hidden = hidden_mse(out.hidden_states, teacher_hidden, batch["attention_mask"], self.layer_pairs)
             parts["hidden"] = hidden.item()
             loss = loss + c.hidden_weight * hidden
         return loss, parts
 
-    def _follow(self, device) -> None:
-        """Keep the teacher's CRF and model on the device the student trains on."""
-        if self.teacher_crf is not None and self.teacher_crf.transitions.device != device:
+    def _place(self, device) -> None:
+        """Put the teacher's CRF and model on the student's ``device`` (the teacher in eval mode)."""
+        if self.teacher_crf is not None:
             self.teacher_crf.to(device)
-        if self.teacher is not None and next(self.teacher.parameters()).device != device:
-            self.teacher.to(device)
+        if self.teacher is not None:
+            self.teacher.to(device).eval()
+        self._placed = True
+
+
+@dataclass
+class KDWiring:
+    """What :func:`distill.train.train` needs to distil: ``loss_fn`` and, when the loss reads
+    the teacher's emissions, ``collate(pieces) -> batch`` giving each batch its slice of them
+    (``batch["teacher_emissions"]`` (B, W, K)) and the ``emissions`` folder read."""
+
+    loss_fn: DistillationLoss
+    collate: Callable[[Sequence[Any]], dict] | None = None
+    emissions: Any = None  # distill.emissions.Emissions
+
+
+def build_loss(config: KDConfig, student, *, teacher: Path | None, dataset: dict, corpus, labels: Sequence[str],
+               emissions: Path | None = None, transfer=None, teacher_model=None, quiet: bool = False) -> KDWiring:
+    """The distillation loss of ``student`` and how its batches get the teacher's output:
+    the teacher's emissions on ``corpus`` (:func:`distill.emissions.for_training`: the
+    ``emissions`` folder, default TEACHER/emissions-train, made when missing) -> the
+    teacher CRF stored with them (:func:`teacher_crf`) -> :class:`DistillationLoss` -> a
+    collate that attaches each batch's emissions, read from the memory maps
+    (:class:`distill.transfer.TeacherEmissions`, transfer sentences from ``transfer``
+    included). With ``hidden_weight > 0``, ``teacher_model`` (loaded) is run per batch and
+    the student is asked for its hidden states. ``dataset``: kwargs of
+    :func:`distill.data.load_dataset` (to emit with)."""
+    crf, collate, em = None, None, None
+    if config.alpha < 1:
+        from distill.emissions import for_training
+        from distill.transfer import TeacherEmissions
+
+        em = for_training(teacher=teacher, folder=emissions, dataset=dataset, corpus=corpus, labels=labels, quiet=quiet)
+        crf = teacher_crf(em.meta.get("transitions"), len(labels))
+        if crf is None and config.kd != "emission":
+            raise DistillError(f"{em.folder}: the teacher has no CRF, so --kd {config.kd} is impossible; use --kd emission")
+        collate = TeacherEmissions(em, transfer).collate(student)
+    pairs = None
+    if config.hidden_weight > 0:
+        student.return_hidden_states = True
+        pairs = hidden_layer_pairs(student.meta["layers"], student.meta["teacher_layers"])
+    loss_fn = DistillationLoss(config, teacher_crf=crf, teacher=teacher_model if config.hidden_weight > 0 else None,
+                               layer_pairs=pairs)
+    return KDWiring(loss_fn, collate, em)

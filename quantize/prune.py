@@ -191,20 +191,19 @@ def _finetune(model: Tagger, masks, cfg: PruneConfig, ds, out: Path, teacher: Pa
                             embedding_lr=(src.get("embedding_lr") or lr) * scale, head_lr=src.get("head_lr", 1e-3) * scale,
                             crf_lr=src.get("crf_lr", 1e-2) * scale, patience=cfg.finetune_epochs,
                             seed=src.get("seed", 13))
-    loss_fn, extra_features, how = default_loss, None, "gold tags (CRF NLL)"
+    loss_fn, collate, how = default_loss, None, "gold tags (CRF NLL)"
     if teacher is not None:
-        from distill.emissions import for_training
-        from distill.kd import DistillationLoss, KDConfig, teacher_crf
+        from distill.kd import KDConfig, build_loss
 
-        em = for_training(teacher=teacher, dataset=dataset, corpus=ds.train, labels=ds.labels, quiet=quiet)
         kd_cfg = KDConfig(alpha=cfg.alpha, temperature=cfg.temperature, kd="emission")
-        loss_fn = DistillationLoss(kd_cfg, teacher_crf=teacher_crf(em.meta.get("transitions"), len(ds.labels)))
-        extra_features = em.attach
+        wiring = build_loss(kd_cfg, model, teacher=teacher, dataset=dataset, corpus=ds.train, labels=ds.labels,
+                            quiet=quiet)
+        loss_fn, collate = wiring.loss_fn, wiring.collate
         how = f"KD from {teacher} (alpha {cfg.alpha}, T {cfg.temperature}, emission KL)"
     hooks = keep_pruned(masks)
     try:
-        summary = train(model, ds.train, ds.dev, out, train_cfg, loss_fn=loss_fn, extra_features=extra_features,
-                        quiet=quiet, extra_meta=extra_meta)
+        summary = train(model, ds.train, ds.dev, out, train_cfg, loss_fn=loss_fn, collate=collate, quiet=quiet,
+                        extra_meta=extra_meta)
     finally:
         for h in hooks:
             h.remove()

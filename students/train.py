@@ -2,8 +2,9 @@
 teacher's emissions (``alpha < 1``) or on gold tags alone (``alpha == 1``, the baseline).
 
 Every argument is checked before any data is read or any model built; the loss is
-:class:`distill.kd.DistillationLoss` (formula in :mod:`distill.kd`), and the one
-training loop of :mod:`distill.train` does the rest. A transfer set of unlabelled text
+:class:`distill.kd.DistillationLoss` (formula in :mod:`distill.kd`, wired by
+:func:`distill.kd.build_loss`), and the one training loop of :mod:`distill.train` does
+the rest. A transfer set of unlabelled text
 (:mod:`distill.transfer`) adds sentences the student learns from the teacher alone.
 """
 
@@ -128,7 +129,7 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
     import torch
 
     from distill.data import load_dataset
-    from distill.kd import DistillationLoss, KDConfig, hidden_layer_pairs, teacher_crf
+    from distill.kd import KDConfig, build_loss
     from distill.modeling import read_meta
     from distill.train import default_loss, train
 
@@ -183,24 +184,9 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
     # --- the loss ------------------------------------------------------------
     loss_fn, collate, em = default_loss, None, None
     if kd_cfg.alpha < 1 or kd_cfg.hidden_weight > 0:
-        crf = None
-        if kd_cfg.alpha < 1:
-            from distill.emissions import for_training
-            from distill.transfer import TeacherEmissions
-
-            em = for_training(teacher=teacher, folder=emissions, dataset=dataset, corpus=ds.train,
-                              labels=ds.labels, quiet=quiet)
-            crf = teacher_crf(em.meta.get("transitions"), len(ds.labels))
-            if crf is None and kd_cfg.kd != "emission":
-                raise DistillError(f"{em.folder}: the teacher has no CRF, so --kd {kd_cfg.kd} is impossible; use --kd emission")
-            collate = TeacherEmissions(em, transfer_set).collate(model)  # read from the memory maps per batch
-
-        pairs = None
-        if kd_cfg.hidden_weight > 0:
-            model.return_hidden_states = True
-            pairs = hidden_layer_pairs(model.meta["layers"], model.meta["teacher_layers"])
-        loss_fn = DistillationLoss(kd_cfg, teacher_crf=crf, teacher=loaded_teacher if kd_cfg.hidden_weight > 0 else None,
-                                   layer_pairs=pairs)
+        wiring = build_loss(kd_cfg, model, teacher=teacher, dataset=dataset, corpus=ds.train, labels=ds.labels,
+                            emissions=emissions, transfer=transfer_set, teacher_model=loaded_teacher, quiet=quiet)
+        loss_fn, collate, em = wiring.loss_fn, wiring.collate, wiring.emissions
     del loaded_teacher  # only the loss keeps it, and only for hidden-state matching
 
     params = {"out": str(out), "teacher": str(teacher) if teacher is not None else None, "arch": arch,

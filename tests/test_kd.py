@@ -143,6 +143,20 @@ def test_distillation_loss_combines_nll_and_kd_by_alpha():
     assert loss0.item() == pytest.approx(kd, rel=1e-6)
 
 
+def test_the_teacher_crf_is_placed_on_the_first_batch_only(monkeypatch):
+    model = _Tiny()
+    out = TaggerOutput(torch.tensor(STUDENT), _mask())
+    batch = {"tags": torch.tensor([[0, 1, 2], [2, 0, 0]]), "teacher_emissions": torch.tensor(TEACHER)}
+    crf = CRF(3)
+    moves = []
+    real_to = crf.to
+    monkeypatch.setattr(crf, "to", lambda device: moves.append(device) or real_to(device))
+    loss_fn = DistillationLoss(KDConfig(alpha=0.5, kd="marginal"), teacher_crf=crf)
+    for _ in range(3):
+        loss_fn(model, out, batch)
+    assert moves == [out.emissions.device]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"temperature": 0.0}, "temperature"), ({"temperature": -1.0}, "temperature"),
     ({"alpha": 1.5}, "alpha"), ({"alpha": -0.1}, "alpha"),
