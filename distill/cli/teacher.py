@@ -11,6 +11,7 @@ from distill.cli import app
 from distill.cli.common import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV,
                                 MAX_TEST, MAX_TRAIN, TAGS_FILE, TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs,
                                 quiet_libraries)
+from distill.cli.predict import eval_cmd
 
 teacher_app = typer.Typer(no_args_is_help=True, help="Train, evaluate and emit from a BERT-CRF teacher.")
 app.add_typer(teacher_app, name="teacher")
@@ -75,24 +76,9 @@ def train_cmd(
     print(f"best dev F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
 
 
-@teacher_app.command("eval")
-def eval_cmd(
-    model: Path = typer.Argument(..., help="Model folder."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write metrics JSON here (default MODEL/eval.json)."),
-    split: str = typer.Option("test", help="test | dev"),
-    batch_size: int = typer.Option(64),
-    dataset: str = DATASET, train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST,
-    fmt: str = FORMAT, max_test: Optional[int] = MAX_TEST,
-    tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
-    test_tags_file: Optional[Path] = TEST_TAGS_FILE,
-    decoding: Optional[str] = typer.Option(None, help="constrained | free (see `distill eval --help`)."),
-):
-    """Entity-level precision/recall/F1 (seqeval, strict) of any model folder."""
-    from distill.cli.predict import eval_cmd as generic
-
-    generic(model=model, out=out, split=split, batch_size=batch_size, dataset=dataset, train=train, dev=dev,
-            test=test, fmt=fmt, max_test=max_test, tags_file=tags_file, dev_tags_file=dev_tags_file,
-            test_tags_file=test_tags_file, decoding=decoding)
+# `distill eval` under the teacher group: the same command, options and code
+teacher_app.command("eval", help="Entity-level precision/recall/F1 (seqeval, strict) of any model folder "
+                    "(the same as `distill eval`).")(eval_cmd)
 
 
 @teacher_app.command("emit")
