@@ -95,6 +95,21 @@ def build_skeleton(folder: Path, info: dict[str, Any], device: str | torch.devic
     return model.eval()
 
 
+def read_weights(path: Path, kind: str, read: Callable[[str], Any]) -> Any:
+    """``read(str(path))`` of a compressed ``kind`` folder's weights file, failing as
+    :meth:`distill.modeling.Tagger.load` does: a missing file, or one that cannot be read
+    (truncated, or from another model), is one line naming it."""
+    from safetensors import SafetensorError
+
+    if not path.exists():
+        raise DistillError(f"{path}: missing; the {kind} model folder is incomplete")
+    try:
+        return read(str(path))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise DistillError(f"{path}: cannot be loaded ({str(e).splitlines()[0][:160]}); "
+                           f"the file is truncated or from another model") from None
+
+
 class CompressedTagger(nn.Module):
     """A source-architecture tagger with some layers replaced (int8, 8-bit, fp16).
 

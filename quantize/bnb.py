@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from quantize import CompressedTagger, build_skeleton, check_sentences, describe_check, compare, derived_meta, load_source, output_folder, write_model_folder
+from quantize import (CompressedTagger, build_skeleton, check_sentences, compare, derived_meta, describe_check, load_source,
+                      output_folder, read_weights, write_model_folder)
 
 WEIGHTS = "model.bnb8.safetensors"
 DEVICES = ("auto", "cpu", "cuda")
@@ -83,21 +84,14 @@ class Bnb8Tagger(CompressedTagger):
 
     @classmethod
     def load(cls, folder: Path, info: dict[str, Any], device: str = "auto") -> "Bnb8Tagger":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         params = info["meta"].get("params", {})
         inner = build_skeleton(folder, info, "cpu")
         replace_linears(inner, params.get("threshold", 6.0))
         inner = to_device(inner, resolve_device(device))
-        path = folder / WEIGHTS
-        if not path.exists():
-            raise DistillError(f"{path}: missing; the bnb8 model folder is incomplete")
-        try:
-            inner.load_state_dict(load_file(str(path), device=str(next(inner.parameters()).device)))
-        except (SafetensorError, OSError, RuntimeError) as e:
-            raise DistillError(f"{path}: cannot be loaded ({str(e).splitlines()[0][:160]}); "
-                               f"the file is truncated or from another model") from None
+        where = str(next(inner.parameters()).device)
+        read_weights(folder / WEIGHTS, "bnb8", lambda path: inner.load_state_dict(load_file(path, device=where)))
         return cls(inner.eval(), info["meta"])
 
 

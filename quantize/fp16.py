@@ -20,7 +20,8 @@ import torch
 
 from distill.errors import DistillError
 from distill.modeling import Tagger, save_weights
-from quantize import CompressedTagger, build_skeleton, check_sentences, describe_check, compare, derived_meta, load_source, output_folder, write_model_folder
+from quantize import (CompressedTagger, build_skeleton, check_sentences, compare, derived_meta, describe_check, load_source,
+                      output_folder, read_weights, write_model_folder)
 
 DEVICES = ("cuda", "cpu")
 
@@ -40,18 +41,10 @@ class HalfTagger(CompressedTagger):
 
     @classmethod
     def load(cls, folder: Path, info: dict[str, Any]) -> "HalfTagger":
-        from safetensors import SafetensorError
         from safetensors.torch import load_model
 
         inner = to_half(build_skeleton(folder, info, "cpu"))
-        path = folder / "model.safetensors"
-        if not path.exists():
-            raise DistillError(f"{path}: missing; the fp16 model folder is incomplete")
-        try:
-            load_model(inner, str(path))
-        except (SafetensorError, OSError, RuntimeError) as e:
-            raise DistillError(f"{path}: cannot be loaded ({str(e).splitlines()[0][:160]}); "
-                               f"the file is truncated or from another model") from None
+        read_weights(folder / "model.safetensors", "fp16", lambda path: load_model(inner, path))
         return cls(inner.to("cuda" if torch.cuda.is_available() else "cpu").eval(), info["meta"])
 
 

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
-from quantize import CompressedTagger, build_skeleton, check_sentences, describe_check, compare, derived_meta, load_source, output_folder, write_model_folder
+from quantize import (CompressedTagger, build_skeleton, check_sentences, compare, derived_meta, describe_check, load_source,
+                      output_folder, read_weights, write_model_folder)
 
 WEIGHTS = "model.int8.safetensors"
 SCHEMES = ("per-channel", "per-tensor")
@@ -155,20 +156,12 @@ class Int8Tagger(CompressedTagger):
 
     @classmethod
     def load(cls, folder: Path, info: dict[str, Any]) -> "Int8Tagger":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         params = info["meta"].get("params", {})
         inner = build_skeleton(folder, info, "cpu")
         quantize_modules(inner, params.get("scheme", "per-channel"), params.get("lstm", True))
-        path = folder / WEIGHTS
-        if not path.exists():
-            raise DistillError(f"{path}: missing; the int8 model folder is incomplete")
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise DistillError(f"{path}: cannot be read ({str(e).splitlines()[0][:120]}); the file is truncated") from None
-        load_quantized_state(inner, tensors)
+        load_quantized_state(inner, read_weights(folder / WEIGHTS, "int8", load_file))
         return cls(inner.eval(), info["meta"])
 
 

@@ -162,6 +162,24 @@ def test_api_errors(tiny_teacher, tmp_path):
 
 
 
+@pytest.mark.parametrize("method, weights", [("int8", "model.int8.safetensors"), ("fp16", "model.safetensors")])
+def test_a_missing_or_truncated_weights_file_is_one_line_naming_it(method, weights, tiny_bilstm, tmp_path):
+    import re
+
+    from quantize.api import quantize
+
+    options = {"device": "cpu"} if method == "fp16" else {}
+    folder = quantize(method=method, model=tiny_bilstm, out=tmp_path / method, check=0, quiet=True, **options)
+    path = folder / weights
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DistillError, match=rf"^{re.escape(str(path))}: cannot be loaded \(.*\); the file is truncated or from another model$"):
+        load_model(folder)
+    path.unlink()
+    with pytest.raises(DistillError, match=rf"^{re.escape(str(path))}: missing; the {method} model folder is incomplete$"):
+        load_model(folder)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_cli_fp16_without_cuda_is_one_line(tiny_teacher, tmp_path, run_cli):
     code, lines = run_cli(["quantize", "fp16", str(tiny_teacher), "--out", str(tmp_path / "fp16")])
