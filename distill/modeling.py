@@ -1,5 +1,8 @@
 """The one output contract, the base class every tagger shares, and model folders.
 
+Taggers and text classifiers (:mod:`distill.classify`, meta ``"task": "classify"``)
+share the folder part, :class:`SavedModel`.
+
 A trained model is a folder: ``model.safetensors``, a ``distill.json`` with its kind,
 config, label set and data facts, plus whatever its featurizer needs (tokenizer
 files, a vocabulary). :func:`load_model` rebuilds any kind from the folder alone.
@@ -28,6 +31,8 @@ FORMAT_VERSION = 1
 MODEL_KINDS: dict[str, str] = {
     "bert-crf": "teachers.bert_crf:BertTagger",
     "bilstm-crf": "students.bilstm_crf:BiLSTMTagger",
+    "bert-cls": "teachers.bert_classifier:BertClassifier",
+    "bilstm-cls": "students.bilstm_classifier:BiLSTMClassifier",
     "torch-int8": "quantize.int8:Int8Tagger",
     "onnx": "quantize.onnx_export:OnnxTagger",
     "bnb8": "quantize.bnb:Bnb8Tagger",
@@ -56,7 +61,75 @@ def save_weights(module: nn.Module, path: str | Path) -> None:
     save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}, str(path))
 
 
-class Tagger(nn.Module):
+class SavedModel(nn.Module):
+    """The model-folder contract every PyTorch model kind shares (taggers and classifiers):
+    ``save`` writes ``model.safetensors``, the subclass's extra files (``save_extra``) and
+    ``distill.json`` (kind, labels, ``config_dict()``, meta) atomically; ``load`` checks the
+    ``files`` are there, rebuilds the model with ``build`` and loads the weights, refusing a
+    partial or corrupt folder in one line.
+
+    Subclasses set ``kind`` and ``files`` and implement ``config_dict``, ``build`` and
+    (when they need files beside the weights) ``save_extra``.
+    """
+
+    kind: ClassVar[str] = ""
+    # files a saved folder must hold; checked before loading, so a partial copy is refused by name
+    files: ClassVar[tuple[str, ...]] = ("model.safetensors",)
+
+    def __init__(self, labels: Sequence[str], meta: dict[str, Any] | None = None):
+        super().__init__()
+        self.labels = list(labels)
+        self.meta = dict(meta or {})
+
+    # --- folders -----------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, config: dict[str, Any], labels: list[str], meta: dict[str, Any], folder: Path) -> "SavedModel":
+        """Rebuild an untrained model of this architecture from a saved folder."""
+        raise NotImplementedError
+
+    def save_extra(self, folder: Path) -> None:
+        """Write tokenizer or vocabulary files beside the weights."""
+
+    def save(self, folder: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
+        """Write the model folder atomically (a reader never sees a partial one)."""
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            save_weights(self, tmp / "model.safetensors")
+            self.save_extra(tmp)
+            meta = dict(self.meta, **(extra_meta or {}))
+            write_json(tmp / META_FILE, {
+                "format": FORMAT_VERSION, "kind": self.kind, "labels": self.labels,
+                "config": self.config_dict(), "meta": meta, "saved": stamp(),
+            })
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path, info: dict[str, Any]) -> "SavedModel":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model as st_load
+
+        for name in cls.files:
+            if not (folder / name).is_file():
+                raise DistillError(f"{folder / name}: missing; the model folder is incomplete")
+        try:
+            model = cls.build(info["config"], info["labels"], info.get("meta", {}), folder)
+        except (OSError, ValueError, KeyError) as e:  # a corrupt config or tokenizer file
+            first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise DistillError(f"{folder}: cannot rebuild the model ({first}); the folder is incomplete or corrupt") from None
+        weights = folder / "model.safetensors"
+        try:
+            st_load(model, str(weights))
+        except (SafetensorError, OSError, RuntimeError) as e:
+            first = str(e).splitlines()[0][:160]
+            raise DistillError(f"{weights}: cannot be loaded ({first}); the file is truncated or from another model") from None
+        model.eval()
+        return model
+
+
+class Tagger(SavedModel):
     """Base of all PyTorch taggers: a featurizer, an encoder giving word-level
     emissions, and a CRF (or a softmax when ``crf`` is None).
 
@@ -64,16 +137,11 @@ class Tagger(nn.Module):
     ``config_dict``, ``build`` and ``save_extra``.
     """
 
-    kind: ClassVar[str] = ""
-    # files a saved folder must hold; checked before loading, so a partial copy is refused by name
-    files: ClassVar[tuple[str, ...]] = ("model.safetensors",)
     # sub-token budget for one piece of a sentence (long sentences are split to fit)
     max_length: int = 128
 
     def __init__(self, labels: Sequence[str], meta: dict[str, Any] | None = None):
-        super().__init__()
-        self.labels = list(labels)
-        self.meta = dict(meta or {})
+        super().__init__(labels, meta)
         self.crf: CRF | None = None
 
     # --- featurizing -------------------------------------------------------
@@ -99,9 +167,11 @@ class Tagger(nn.Module):
             return (nll * out.mask).sum() / n
         return self.crf(out.emissions, tags, out.mask, reduction="sum") / n
 
-    @torch.inference_mode()
     def decode(self, out: TaggerOutput) -> Tensor:
         """Best tag ids (B, W), -1 at padding."""
+        if not torch.is_inference_mode_enabled():  # entering it costs more than the check, per call
+            with torch.inference_mode():
+                return self.decode(out)
         if self.crf is None:
             return out.emissions.argmax(-1).masked_fill(~out.mask, -1)
         return self.crf.decode(out.emissions.float(), out.mask, allowed=self.allowed_transitions())
@@ -111,13 +181,19 @@ class Tagger(nn.Module):
         of the labels), or None when the model decodes freely (``meta["decoding"] == "free"``)."""
         return allowed_for(self.labels, self.meta)
 
-    @torch.inference_mode()
     def decode_batch(self, batch: dict[str, Tensor]) -> list[list[int]]:
-        device = next(self.parameters(), torch.empty(0)).device  # a model trained on a GPU stays there
-        out = self({k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()})
-        tags = self.decode(out)
+        """Tag ids of the real words of each sentence of a collated batch."""
+        if not torch.is_inference_mode_enabled():
+            with torch.inference_mode():
+                return self.decode_batch(batch)
+        first = next(self.parameters(), None)  # a model trained on a GPU stays there
+        device = first.device if first is not None else torch.device("cpu")
+        out = self({k: v.to(device) if isinstance(v, Tensor) and v.device != device else v for k, v in batch.items()})
+        tags = self.decode(out).tolist()
+        if len(tags) == 1 and tags[0][-1] != -1:  # one sentence, no padding
+            return tags
         lengths = out.mask.sum(1).tolist()
-        return [row[:n] for row, n in zip(tags.tolist(), lengths)]
+        return [row[:n] for row, n in zip(tags, lengths)]
 
     def param_group_of(self, name: str) -> str:
         """Which learning-rate group a parameter belongs to: embeddings|encoder|head|crf."""
@@ -128,53 +204,6 @@ class Tagger(nn.Module):
         if name.startswith("encoder."):
             return "encoder"
         return "head"
-
-    # --- folders -----------------------------------------------------------
-    def config_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    @classmethod
-    def build(cls, config: dict[str, Any], labels: list[str], meta: dict[str, Any], folder: Path) -> "Tagger":
-        """Rebuild an untrained model of this architecture from a saved folder."""
-        raise NotImplementedError
-
-    def save_extra(self, folder: Path) -> None:
-        """Write tokenizer or vocabulary files beside the weights."""
-
-    def save(self, folder: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
-        """Write the model folder atomically (a reader never sees a partial one)."""
-        folder = Path(folder)
-        with atomic_dir(folder) as tmp:
-            save_weights(self, tmp / "model.safetensors")
-            self.save_extra(tmp)
-            meta = dict(self.meta, **(extra_meta or {}))
-            write_json(tmp / META_FILE, {
-                "format": FORMAT_VERSION, "kind": self.kind, "labels": self.labels,
-                "config": self.config_dict(), "meta": meta, "saved": stamp(),
-            })
-        return folder
-
-    @classmethod
-    def load(cls, folder: Path, info: dict[str, Any]) -> "Tagger":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_model as st_load
-
-        for name in cls.files:
-            if not (folder / name).is_file():
-                raise DistillError(f"{folder / name}: missing; the model folder is incomplete")
-        try:
-            model = cls.build(info["config"], info["labels"], info.get("meta", {}), folder)
-        except (OSError, ValueError, KeyError) as e:  # a corrupt config or tokenizer file
-            first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            raise DistillError(f"{folder}: cannot rebuild the model ({first}); the folder is incomplete or corrupt") from None
-        weights = folder / "model.safetensors"
-        try:
-            st_load(model, str(weights))
-        except (SafetensorError, OSError, RuntimeError) as e:
-            first = str(e).splitlines()[0][:160]
-            raise DistillError(f"{weights}: cannot be loaded ({first}); the file is truncated or from another model") from None
-        model.eval()
-        return model
 
 
 DECODINGS = ("constrained", "free")

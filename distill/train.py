@@ -23,6 +23,11 @@ epoch is one pass over the labelled sentences plus the next ``transfer_ratio`` x
 (labelled sentences) transfer sentences of an endless stream of shuffled passes over
 the transfer set (by default the whole set once per epoch), bucketed and shuffled
 together; each batch says which of its sentences are labelled (``batch["gold"]``).
+
+Other tasks use the same loop through two hooks: ``featurize`` builds the training items
+of a corpus (text classification: one item per text, :mod:`distill.classify`) and
+``score_dev`` scores the model on dev; everything else (batching, mixing, checkpoints,
+early stopping, the log) is shared.
 """
 
 from __future__ import annotations
@@ -323,6 +328,8 @@ def train(
     resume: bool = False,
     extra_meta: dict | None = None,
     quiet: bool = False,
+    featurize: Callable[[Any], list[Piece]] | None = None,
+    score_dev: Callable[[Any], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` and save the best epoch (by dev F1) as a model folder at ``out_dir``.
 
@@ -345,6 +352,16 @@ def train(
     gold-tag term. Under several processes each process normalises its gold-tag loss by
     its own share's labelled words, so with a transfer set the equality with one process
     holds for the KD term but only approximately for the gold-tag term.
+
+    For a task other than tagging: ``featurize(corpus) -> pieces`` replaces the tagger's
+    featurizing of ``train_corpus`` and ``transfer`` (item ``sentence`` i of the corpus, with
+    ``n_words`` its length for batching, and its gold label in ``feature`` when the corpus
+    has one; the transfer corpus's unlabelled-ness is then its caller's to check), and
+    ``score_dev(model) -> metrics`` replaces :func:`distill.evaluate.evaluate` on
+    ``dev_corpus``: it must give ``f1`` (early stopping), ``precision`` and ``recall``, and
+    every number it gives is logged as ``dev_<name>``. ``train_corpus`` and ``transfer``
+    then need only ``len()``, ``name`` and ``fingerprint()``. A loss that is a mean over
+    items rather than words makes the several-process equality approximate.
     """
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".work")  # checkpoints and logs while training
@@ -355,17 +372,20 @@ def train(
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    label_index = {l: i for i, l in enumerate(model.labels)}
     t0 = time.time()
-    tag_ids = [[label_index[t] for t in tags] for tags in train_corpus.tags]
-    pieces = make_pieces(model, train_corpus.tokens, tag_ids)
+    if featurize is None:
+        label_index = {l: i for i, l in enumerate(model.labels)}
+        tag_ids = [[label_index[t] for t in tags] for tags in train_corpus.tags]
+        pieces = make_pieces(model, train_corpus.tokens, tag_ids)
+    else:
+        pieces = featurize(train_corpus)
     if not pieces:
         raise DistillError(f"training data {train_corpus.name!r} has no non-empty sentence")
     mixer, trained_on = None, train_corpus.fingerprint()
     if transfer is not None:
         from distill.transfer import EpochMixer, data_identity, per_epoch
 
-        mixer = EpochMixer(len(pieces), _add_transfer(model, pieces, transfer, len(train_corpus)),
+        mixer = EpochMixer(len(pieces), _add_transfer(model, pieces, transfer, len(train_corpus), featurize),
                            per_epoch(transfer_ratio, len(train_corpus), len(transfer)), cfg.seed)
         trained_on = data_identity(trained_on, transfer, transfer_ratio)
     if extra_features is not None:
@@ -482,13 +502,15 @@ def train(
             bar.remove_task(task)
             state["train_seconds"] += time.time() - epoch_t0
             model.eval()
-            dev = _plain(evaluate(model, dev_corpus)) if main else None
+            dev = _plain(evaluate(model, dev_corpus) if score_dev is None else score_dev(model)) if main else None
             dev = _broadcast(acc, dev)
             n = max(1.0, sums.get("n", 0.0))
+            scores = ({"dev_f1": dev["f1"], "dev_precision": dev["precision"], "dev_recall": dev["recall"]}
+                      if score_dev is None else
+                      {f"dev_{k}": v for k, v in dev.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
             record = {"epoch": epoch + 1, "step": state["global_step"], "loss": sums.get("loss", 0.0) / n,
                       **{k: v / n for k, v in sums.items() if k not in ("loss", "n")},
-                      "dev_f1": dev["f1"], "dev_precision": dev["precision"], "dev_recall": dev["recall"],
-                      "seconds": round(time.time() - epoch_t0, 1)}
+                      **scores, "seconds": round(time.time() - epoch_t0, 1)}
             if main:
                 with open(log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
@@ -514,14 +536,17 @@ def train(
     return _finish(state, out_dir, work, main)
 
 
-def _add_transfer(model, pieces: list[Piece], transfer: Corpus, first_sentence: int) -> np.ndarray:
+def _add_transfer(model, pieces: list[Piece], transfer: Corpus, first_sentence: int, featurize=None) -> np.ndarray:
     """Append the transfer sentences' pieces to ``pieces``, numbered from ``first_sentence``;
     return how many pieces each transfer sentence has (N,)."""
-    if transfer.tags is not None:
+    if featurize is None and transfer.tags is not None:
         raise DistillError(f"transfer data {transfer.name!r} must be unlabelled text (tags None)")
     if not len(transfer):
         raise DistillError(f"transfer data {transfer.name!r} has no sentence")
-    found = make_pieces(model, transfer.tokens, cache=len(transfer) >= CACHE_MIN_SENTENCES)
+    if featurize is not None:
+        found = featurize(transfer)
+    else:
+        found = make_pieces(model, transfer.tokens, cache=len(transfer) >= CACHE_MIN_SENTENCES)
     counts = np.bincount([p.sentence for p in found], minlength=len(transfer))
     if not counts.all():
         raise DistillError(f"transfer data {transfer.name!r}: sentence {int(np.argmin(counts))} is empty")

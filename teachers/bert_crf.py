@@ -103,6 +103,44 @@ def load_tokenizer(source: str):
     return tok
 
 
+def load_backbone(backbone: str | None, *, num_layers: int | None = None, random_init: bool = False):
+    """``(encoder, tokenizer, source)`` of a backbone (built-in name, local folder or hub id;
+    None: :data:`teachers.backbones.DEFAULT_BACKBONE`): its pretrained encoder without a
+    pooling layer (randomly initialised with ``random_init``), its first ``num_layers``
+    layers only when given, and its fast tokenizer."""
+    from transformers import AutoConfig, AutoModel
+
+    source = resolve_backbone(backbone or DEFAULT_BACKBONE)
+    kw = _offline_kwargs(source)
+    try:
+        config = AutoConfig.from_pretrained(source, **kw)
+    except (OSError, ValueError) as e:
+        raise DistillError(f"cannot load backbone {source!r} (a local folder or hub id): {str(e).splitlines()[0]}") from None
+    if num_layers:
+        if not 0 < num_layers <= config.num_hidden_layers:
+            raise DistillError(f"--num-layers must be in 1..{config.num_hidden_layers}, got {num_layers}")
+        config.num_hidden_layers = num_layers
+    if random_init:
+        encoder = AutoModel.from_config(config, add_pooling_layer=False)
+    else:
+        encoder = AutoModel.from_pretrained(source, config=config, add_pooling_layer=False, **kw)
+    return encoder, load_tokenizer(source), source
+
+
+def encoder_from_folder(folder: Path):
+    """An untrained encoder shaped as the one saved in a model folder (its ``config.json``),
+    with the attention heads a pruned model removed (weights are loaded after)."""
+    from transformers import AutoConfig, AutoModel
+
+    enc_config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    encoder = AutoModel.from_config(enc_config, add_pooling_layer=False)
+    if getattr(enc_config, "pruned_heads", None):  # head-pruned: transformers 5 no longer re-prunes
+        from teachers.heads import apply_pruned_heads
+
+        apply_pruned_heads(encoder, enc_config.pruned_heads)
+    return encoder
+
+
 class BertTagger(Tagger):
     kind = "bert-crf"
     files = ("model.safetensors", "config.json", "tokenizer.json")
@@ -329,14 +367,7 @@ class BertTagger(Tagger):
 
     @classmethod
     def build(cls, config, labels, meta, folder):
-        from transformers import AutoConfig, AutoModel
-
-        enc_config = AutoConfig.from_pretrained(folder, local_files_only=True)
-        encoder = AutoModel.from_config(enc_config, add_pooling_layer=False)
-        if getattr(enc_config, "pruned_heads", None):  # head-pruned: transformers 5 no longer re-prunes
-            from teachers.heads import apply_pruned_heads
-
-            apply_pruned_heads(encoder, enc_config.pruned_heads)
+        encoder = encoder_from_folder(folder)
         tokenizer = load_tokenizer(str(folder))
         return cls(encoder, tokenizer, labels, head=config["head"], dropout=config["dropout"],
                    lstm_hidden=config["lstm_hidden"], max_length=config["max_length"], meta=meta,
@@ -397,24 +428,8 @@ def build_teacher(labels: Sequence[str], train_sentences, *, backbone: str | Non
     :data:`teachers.backbones.DEFAULT_BACKBONE`). With ``prune_vocab``, a SentencePiece
     vocabulary is pruned to the pieces of ``train_sentences`` and their scripts
     (:func:`quantize.vocab.prune_vocabulary`)."""
-    from transformers import AutoConfig, AutoModel
-
     name = backbone or DEFAULT_BACKBONE
-    source = resolve_backbone(name)
-    kw = _offline_kwargs(source)
-    try:
-        config = AutoConfig.from_pretrained(source, **kw)
-    except (OSError, ValueError) as e:
-        raise DistillError(f"cannot load backbone {source!r} (a local folder or hub id): {str(e).splitlines()[0]}") from None
-    if num_layers:
-        if not 0 < num_layers <= config.num_hidden_layers:
-            raise DistillError(f"--num-layers must be in 1..{config.num_hidden_layers}, got {num_layers}")
-        config.num_hidden_layers = num_layers
-    if random_init:
-        encoder = AutoModel.from_config(config, add_pooling_layer=False)
-    else:
-        encoder = AutoModel.from_pretrained(source, config=config, add_pooling_layer=False, **kw)
-    tokenizer = load_tokenizer(source)
+    encoder, tokenizer, source = load_backbone(name, num_layers=num_layers, random_init=random_init)
     pruned = None
     if prune_vocab:
         from quantize.vocab import is_unigram, prune_vocabulary, sentence_texts
