@@ -5,7 +5,9 @@ Nothing is downloaded."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -15,23 +17,38 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 RESOURCES = Path(__file__).parent / "resources"
 
 
+class CliResult(NamedTuple):
+    """What a user of one ``distill`` command sees: its exit status, stdout and stderr."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        """The non-blank lines of stderr (an error is the last)."""
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
-    """Run the real ``distill`` entry point in-process, as a user would; returns
-    ``run(argv) -> (exit status, non-blank stderr lines)`` and checks no traceback was shown."""
-    import sys
-
+    """Run the real ``distill`` entry point in-process, as a user would: ``run(argv)`` (without
+    the program name) -> :class:`CliResult` ``(code, out, err)``, the status 0 when ``main()``
+    returns and the ``SystemExit`` status when it exits; checks no traceback was shown."""
     from distill.cli import main
 
-    def run(argv: list[str]) -> tuple[int, list[str]]:
+    def run(argv: list[str]) -> CliResult:
         monkeypatch.setattr(sys, "argv", ["distill", *argv])
         monkeypatch.delenv("DISTILL_DEBUG", raising=False)
         capsys.readouterr()
-        with pytest.raises(SystemExit) as e:
+        try:
             main()
-        err = capsys.readouterr().err
-        assert "Traceback" not in err
-        return e.value.code, [line for line in err.splitlines() if line.strip()]
+            code = 0
+        except SystemExit as e:
+            code = 0 if e.code is None else e.code
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err, err[-3000:]
+        return CliResult(code, out, err)
 
     return run
 

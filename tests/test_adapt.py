@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import sys
 
 import pytest
 import torch
@@ -230,23 +229,12 @@ def test_bad_options_are_user_errors(tmp_path, tiny_backbone, zh_text):
 # --- CLI ----------------------------------------------------------------------
 
 
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    from distill.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["distill", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
-def test_cli_adapts_on_the_tiny_msra_corpus(tmp_path, tiny_backbone, resources, monkeypatch, capsys):
+def test_cli_adapts_on_the_tiny_msra_corpus(tmp_path, tiny_backbone, resources, run_cli):
     out = tmp_path / "cli"
-    code, stdout, _ = _cli(monkeypatch, capsys, "teacher", "adapt", "--out", str(out), "--backbone", str(tiny_backbone),
-                           "--train", str(resources / "msra_train.txt"), "--format", "msra", "--steps", "3",
-                           "--batch-size", "8", "--embeddings-only-steps", "1")
-    assert code == 0, stdout
+    code, stdout, err = run_cli(["teacher", "adapt", "--out", str(out), "--backbone", str(tiny_backbone),
+                                 "--train", str(resources / "msra_train.txt"), "--format", "msra", "--steps", "3",
+                                 "--batch-size", "8", "--embeddings-only-steps", "1"])
+    assert code == 0, stdout + err
     assert "3 steps: MLM loss" in stdout
     info = json.loads((out / adapt.ADAPT_FILE).read_text(encoding="utf-8"))
     assert info["text"]["source"].startswith("dataset train split") and info["text"]["char_level"]
@@ -254,21 +242,21 @@ def test_cli_adapts_on_the_tiny_msra_corpus(tmp_path, tiny_backbone, resources, 
     assert info["config"]["embeddings_only_steps"] == 1
 
 
-def test_cli_adapts_on_a_plain_text_file_and_reports_bad_files(tmp_path, tiny_backbone, monkeypatch, capsys):
+def test_cli_adapts_on_a_plain_text_file_and_reports_bad_files(tmp_path, tiny_backbone, run_cli):
     text = tmp_path / "en.txt"
     text.write_text("the german said\nthe european said the german\n" * 5, encoding="utf-8")
     out = tmp_path / "cli-text"
-    code, stdout, _ = _cli(monkeypatch, capsys, "teacher", "adapt", "--out", str(out), "--backbone", str(tiny_backbone),
-                           "--text", str(text), "--epochs", "1", "--batch-size", "4")
-    assert code == 0, stdout
+    code, stdout, err = run_cli(["teacher", "adapt", "--out", str(out), "--backbone", str(tiny_backbone),
+                                 "--text", str(text), "--epochs", "1", "--batch-size", "4"])
+    assert code == 0, stdout + err
     info = json.loads((out / adapt.ADAPT_FILE).read_text(encoding="utf-8"))
     assert info["text"]["source"] == "text file" and not info["text"]["char_level"]
     assert info["steps"] == 3 and info["vocabulary"]["added"] == 0  # 10 lines / 4, all words known
 
     empty = tmp_path / "empty.txt"
     empty.write_text("", encoding="utf-8")
-    code, _, err = _cli(monkeypatch, capsys, "teacher", "adapt", "--out", str(tmp_path / "bad"),
-                        "--backbone", str(tiny_backbone), "--text", str(empty))
+    code, _, err = run_cli(["teacher", "adapt", "--out", str(tmp_path / "bad"),
+                            "--backbone", str(tiny_backbone), "--text", str(empty)])
     assert code == 1
     assert err.strip().splitlines() == [f"error: {empty}:1: file is empty; expected at least one sentence"]
     assert not (tmp_path / "bad").exists()

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from distill.cli import app, main
+from distill.cli import app
 from distill.modeling import MODEL_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,15 +115,6 @@ def _argv(words, cmd, target, bad: str, good: dict[str, str]) -> list[str]:
     return ["distill", *words, *args, *options, *NEEDS.get((" ".join(words), target.name), [])]
 
 
-def _run(argv, monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.delenv("DISTILL_DEBUG", raising=False)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main()
-    return e.value.code, capsys.readouterr().err
-
-
 def _assert_one_line_naming(code: int, err: str, path: str, argv) -> None:
     """Exit 1; the error is one line, the last on stderr (progress lines may come before), naming ``path``."""
     lines = [l for l in err.splitlines() if l.strip()]
@@ -187,12 +178,12 @@ def test_the_walk_finds_the_commands():
 
 @pytest.mark.parametrize("words, cmd, param", MODEL_PARAMS,
                          ids=[f"{' '.join(w)}:{p.name}" for w, _, p in MODEL_PARAMS])
-def test_bad_model_folder_exits_1_with_one_line(words, cmd, param, bad_models, good, monkeypatch, capsys):
+def test_bad_model_folder_exits_1_with_one_line(words, cmd, param, bad_models, good, run_cli):
     failures = []
     for case, folder in bad_models.items():
         argv = _argv(words, cmd, param, str(folder), good)
-        code, err = _run(argv, monkeypatch, capsys)
         try:
+            code, _, err = run_cli(argv[1:])
             _assert_one_line_naming(code, err, str(folder), argv)
         except AssertionError as e:
             failures.append(f"{case}: {e}")
@@ -201,10 +192,10 @@ def test_bad_model_folder_exits_1_with_one_line(words, cmd, param, bad_models, g
 
 @pytest.mark.parametrize("words, cmd, param", DATA_PARAMS,
                          ids=[f"{' '.join(w)}:{p.name}" for w, _, p in DATA_PARAMS])
-def test_missing_input_file_exits_1_with_one_line(words, cmd, param, good, tmp_path, monkeypatch, capsys):
+def test_missing_input_file_exits_1_with_one_line(words, cmd, param, good, tmp_path, run_cli):
     missing = str(tmp_path / "no-such-file.txt")
     argv = _argv(words, cmd, param, missing, good)
-    code, err = _run(argv, monkeypatch, capsys)
+    code, _, err = run_cli(argv[1:])
     _assert_one_line_naming(code, err, missing, argv)
 
 
@@ -220,24 +211,17 @@ def other_kinds(tiny_teacher, tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("words, cmd, param", MODEL_PARAMS,
                          ids=[f"{' '.join(w)}:{p.name}" for w, _, p in MODEL_PARAMS])
 def test_model_of_another_kind_is_used_or_refused_in_one_line(words, cmd, param, other_kinds, good, tmp_path,
-                                                               monkeypatch, capsys):
+                                                               run_cli):
     """A command either works with the kind (exit 0) or refuses it in one line naming the folder."""
     failures = []
     for kind, folder in other_kinds.items():
         argv = _argv(words, cmd, param, str(folder), dict(good, out=str(tmp_path / f"out-{kind}")))
-        monkeypatch.setattr(sys, "argv", argv)
-        capsys.readouterr()
         try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        err = capsys.readouterr().err
-        if code != 0:
-            try:
+            code, _, err = run_cli(argv[1:])
+            if code != 0:
                 _assert_one_line_naming(code, err, str(folder), argv)
-            except AssertionError as e:
-                failures.append(f"{kind}: {e}")
+        except AssertionError as e:
+            failures.append(f"{kind}: {e}")
     assert not failures, "\n".join(failures)
 
 

@@ -188,13 +188,13 @@ def test_finetune_keeps_the_sparsity(tiny_teacher, tmp_path):
 ])
 def test_cli_bad_options_are_one_line(tiny_teacher, tmp_path, run_cli, args, message):
     args = [a.replace("{model}", str(tiny_teacher)) for a in args]
-    code, lines = run_cli(["prune", str(tiny_teacher), "--out", str(tmp_path / "out"), *args])
-    assert code == 1 and lines == [message]
+    r = run_cli(["prune", str(tiny_teacher), "--out", str(tmp_path / "out"), *args])
+    assert r.code == 1 and r.err_lines == [message]
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_heads_needs_bert_and_a_model_folder(tiny_bilstm, tmp_path, run_cli):
-    code, lines = run_cli(["prune", str(tiny_bilstm), "--method", "heads", "--out", str(tmp_path / "o")])
-    assert code == 1 and len(lines) == 1 and "needs a BERT model" in lines[0]
-    code, lines = run_cli(["prune", str(tmp_path / "nothing")])
-    assert code == 1 and lines == [f"error: {tmp_path / 'nothing'}: no such model folder"]
+    r = run_cli(["prune", str(tiny_bilstm), "--method", "heads", "--out", str(tmp_path / "o")])
+    assert r.code == 1 and len(r.err_lines) == 1 and "needs a BERT model" in r.err_lines[0]
+    r = run_cli(["prune", str(tmp_path / "nothing")])
+    assert r.code == 1 and r.err_lines == [f"error: {tmp_path / 'nothing'}: no such model folder"]

@@ -5,7 +5,6 @@ CLI's one-line errors."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -182,33 +181,29 @@ def test_a_missing_or_truncated_weights_file_is_one_line_naming_it(method, weigh
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_cli_fp16_without_cuda_is_one_line(tiny_teacher, tmp_path, run_cli):
-    code, lines = run_cli(["quantize", "fp16", str(tiny_teacher), "--out", str(tmp_path / "fp16")])
-    assert code == 1 and len(lines) == 1
-    assert lines[0].startswith("error: fp16 is for GPU inference and no CUDA GPU is available")
+    r = run_cli(["quantize", "fp16", str(tiny_teacher), "--out", str(tmp_path / "fp16")])
+    assert r.code == 1 and len(r.err_lines) == 1
+    assert r.err_lines[0].startswith("error: fp16 is for GPU inference and no CUDA GPU is available")
     assert not (tmp_path / "fp16").exists()
 
 
 def test_cli_not_a_model_and_already_quantized(tiny_teacher, tmp_path, run_cli):
     (tmp_path / "empty").mkdir()
-    code, lines = run_cli(["quantize", "int8", str(tmp_path / "empty")])
-    assert code == 1 and lines == [f"error: {tmp_path / 'empty'}: not a distill model folder (distill.json missing)"]
+    r = run_cli(["quantize", "int8", str(tmp_path / "empty")])
+    assert r.code == 1 and r.err_lines == [f"error: {tmp_path / 'empty'}: not a distill model folder (distill.json missing)"]
 
     from quantize.api import quantize
 
     int8 = quantize(method="int8", model=tiny_teacher, out=tmp_path / "int8", check=0, quiet=True)
     for method in ("int8", "onnx", "bnb8"):
-        code, lines = run_cli(["quantize", method, str(int8), "--out", str(tmp_path / "again")])
-        assert code == 1 and len(lines) == 1
-        assert lines[0].startswith(f"error: {int8}: is a 'torch-int8' model, already compressed")
+        r = run_cli(["quantize", method, str(int8), "--out", str(tmp_path / "again")])
+        assert r.code == 1 and len(r.err_lines) == 1
+        assert r.err_lines[0].startswith(f"error: {int8}: is a 'torch-int8' model, already compressed")
     assert not (tmp_path / "again").exists()
 
 
-def test_cli_int8_end_to_end(tiny_teacher, tmp_path, monkeypatch, capsys):
-    from distill.cli import main
-
+def test_cli_int8_end_to_end(tiny_teacher, tmp_path, run_cli):
     out = tmp_path / "int8"
-    monkeypatch.setattr(sys, "argv", ["distill", "quantize", "int8", str(tiny_teacher), "--out", str(out), "--check", "10"])
-    main()
-    printed = capsys.readouterr().out
-    assert f"saved to {out}" in printed and "tags agree" in printed
+    code, printed, _ = run_cli(["quantize", "int8", str(tiny_teacher), "--out", str(out), "--check", "10"])
+    assert code == 0 and f"saved to {out}" in printed and "tags agree" in printed
     assert load_model(out).kind == "torch-int8"

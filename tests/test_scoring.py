@@ -130,18 +130,14 @@ def model_kinds(tiny_teacher, tiny_dataset_kwargs, tmp_path_factory) -> dict[str
 def test_eval_f1_equals_conlleval_on_what_predict_writes(kind, decoding, model_kinds, bio_test_file, run_cli, tmp_path):
     import json
 
-    from typer.testing import CliRunner
-
-    from distill.cli import app
-
     def ok(argv: list[str]) -> None:
-        result = CliRunner().invoke(app, argv)
-        assert result.exit_code == 0, result.output
+        code, _, err = run_cli(argv)
+        assert code == 0, err[-2000:]
 
     model = model_kinds[kind]
     if kind == "onnx" and decoding == "free":
-        code, err = run_cli(["eval", str(model), "--test", str(bio_test_file), "--decoding", "free"])
-        assert code == 1 and "re-export" in err[-1]
+        r = run_cli(["eval", str(model), "--test", str(bio_test_file), "--decoding", "free"])
+        assert r.code == 1 and "re-export" in r.err_lines[-1]
         return
     written = tmp_path / "pred.conll"
     ok(["predict", str(model), "--labelled", "-i", str(bio_test_file), "--out", str(written), "--decoding", decoding])

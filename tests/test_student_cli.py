@@ -10,7 +10,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from distill.cli import app, main
+from distill.cli import app
 from distill.modeling import load_model
 
 runner = CliRunner()
@@ -18,14 +18,6 @@ runner = CliRunner()
 
 def _data(kw) -> list[str]:
     return ["--train", str(kw["train"]), "--test", str(kw["test"]), "--format", "msra"]
-
-
-def _main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
-    """Run the real entry point in-process; return (exit status, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["distill", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    return e.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -39,19 +31,19 @@ def _main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
     (["--checkpoint-every", "-1"], "checkpoint_every must be >= 0, got -1"),
     (["--arch", "bert-small", "--layers", "0,9"], "out of range; the teacher has layers 0..1"),
 ])
-def test_bad_arguments_are_one_line_errors(args, message, monkeypatch, capsys, tmp_path, tiny_teacher, tiny_dataset_kwargs):
+def test_bad_arguments_are_one_line_errors(args, message, run_cli, tmp_path, tiny_teacher, tiny_dataset_kwargs):
     out = tmp_path / "s"
-    code, err = _main(monkeypatch, capsys, ["student", "--teacher", str(tiny_teacher), "--out", str(out),
-                                            *_data(tiny_dataset_kwargs), *args])
+    code, _, err = run_cli(["student", "--teacher", str(tiny_teacher), "--out", str(out),
+                            *_data(tiny_dataset_kwargs), *args])
     assert code == 1
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not out.exists() and not (tmp_path / "s.work").exists()
 
 
-def test_teacher_label_set_must_match_the_data(monkeypatch, capsys, tmp_path, tiny_teacher, resources):
+def test_teacher_label_set_must_match_the_data(run_cli, tmp_path, tiny_teacher, resources):
     conll = str(resources / "tiny.conll")
-    code, err = _main(monkeypatch, capsys, ["student", "--teacher", str(tiny_teacher), "--out", str(tmp_path / "s"),
-                                            "--train", conll, "--dev", conll, "--test", conll])
+    code, _, err = run_cli(["student", "--teacher", str(tiny_teacher), "--out", str(tmp_path / "s"),
+                            "--train", conll, "--dev", conll, "--test", conll])
     assert code == 1 and err.count("\n") == 1
     assert "teacher labels" in err and "MISC" in err and "differ from the training data" in err
     assert not (tmp_path / "s").exists()

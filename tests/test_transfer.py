@@ -363,21 +363,12 @@ def test_transfer_needs_distillation(tmp_path, teacher, labelled, text_file):
 # --- the command line ----------------------------------------------------------------
 
 
-def _invoke(argv: list[str]) -> None:
-    """Run a command that should succeed, through typer's CliRunner."""
-    from typer.testing import CliRunner
-
-    from distill.cli import app
-
-    result = CliRunner().invoke(app, argv)
-    assert result.exit_code == 0, result.output
-
-
 def test_cli_emit_text_then_student_transfer(tmp_path, run_cli, teacher, labelled, text_file):
     from distill.data import load_dataset, read_text
     from distill.emissions import Emissions, text_folder
 
-    _invoke(["teacher", "emit", str(teacher), "--text", str(text_file)])
+    r = run_cli(["teacher", "emit", str(teacher), "--text", str(text_file)])
+    assert r.code == 0, r.err[-2000:]
     folder = text_folder(teacher, read_text(text_file, char_level=True), load_dataset(**labelled).labels)
     em = Emissions(folder)
     assert len(em) == 16 and em.meta["unlabelled"] is True and em.meta["source"] == str(text_file)
@@ -387,29 +378,31 @@ def test_cli_emit_text_then_student_transfer(tmp_path, run_cli, teacher, labelle
     argv = ["student", "--teacher", str(teacher), "--train", str(labelled["train"]), "--test", str(labelled["test"]),
             "--format", "msra", "--max-train", "20", "--transfer", str(text_file), "--transfer-ratio", "0.5",
             "--kd", "viterbi", "--epochs", "1", "--batch-size", "8", "--max-steps", "2", "--out", str(out)]
-    _invoke(argv)
+    r = run_cli(argv)
+    assert r.code == 0, r.err[-2000:]
     assert (folder / "emissions.npy").stat().st_mtime_ns == made  # the emitted folder was found and used
     meta = json.loads((out / "distill.json").read_text())["meta"]
     assert meta["transfer"]["emissions"] == [str(folder)] and meta["training"]["transfer_sentences"] == 16
 
-    code, err = run_cli(["teacher", "emit", str(teacher), "--text", str(text_file), "--corpus", str(labelled["test"])])
-    assert code == 1 and "not both" in err[-1]
-    code, err = run_cli(argv[:-2] + ["--out", str(tmp_path / "s2"), "--transfer", "msra:unlabelled"])
-    assert code == 1 and "msra:unlabelled" in err[-1]
+    r = run_cli(["teacher", "emit", str(teacher), "--text", str(text_file), "--corpus", str(labelled["test"])])
+    assert r.code == 1 and "not both" in r.err_lines[-1]
+    r = run_cli(argv[:-2] + ["--out", str(tmp_path / "s2"), "--transfer", "msra:unlabelled"])
+    assert r.code == 1 and "msra:unlabelled" in r.err_lines[-1]
 
 
 def test_cli_emit_corpus_is_found_by_transfer_corpus(tmp_path, run_cli, teacher, labelled):
     from distill.data import load_dataset, read_corpus, without_tags
     from distill.emissions import Emissions, text_folder
 
-    _invoke(["teacher", "emit", str(teacher), "--corpus", str(labelled["test"])])
+    r = run_cli(["teacher", "emit", str(teacher), "--corpus", str(labelled["test"])])
+    assert r.code == 0, r.err[-2000:]
     folder = text_folder(teacher, without_tags(read_corpus(labelled["test"])), load_dataset(**labelled).labels)
     assert Emissions(folder).meta["sentences"] == 20
     # as a transfer set of the student, every one of its sentences is a test sentence: all dropped
-    code, err = run_cli(["student", "--teacher", str(teacher), "--train", str(labelled["train"]), "--test",
-                         str(labelled["test"]), "--format", "msra", "--max-train", "20", "--transfer-corpus",
-                         str(labelled["test"]), "--max-steps", "1", "--out", str(tmp_path / "s")])
-    assert code == 1 and "20 found in dev/test" in err[-1]
+    r = run_cli(["student", "--teacher", str(teacher), "--train", str(labelled["train"]), "--test",
+                 str(labelled["test"]), "--format", "msra", "--max-train", "20", "--transfer-corpus",
+                 str(labelled["test"]), "--max-steps", "1", "--out", str(tmp_path / "s")])
+    assert r.code == 1 and "20 found in dev/test" in r.err_lines[-1]
 
 
 def test_capped_builtin_transfer_set_is_a_seeded_subset(tiny_dataset_kwargs, monkeypatch, resources):

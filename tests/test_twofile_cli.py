@@ -13,13 +13,12 @@ import json
 import re
 import shlex
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import typer
 
-from distill.cli import app, main
+from distill.cli import app
 from test_cli_errors import COMMANDS
 
 TWOFILE = Path(__file__).parent / "resources" / "twofile"
@@ -42,21 +41,6 @@ def _data(words: str) -> list[str]:
         if part in names:
             args += [f"--{part}", str(TWOFILE / f"{FILES[part]}.txt"), option, str(TWOFILE / f"{FILES[part]}.tags")]
     return args
-
-
-def _run(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    """Run the real entry point in-process; return (exit status, stdout + stderr)."""
-    monkeypatch.setattr(sys, "argv", ["distill", *argv])
-    monkeypatch.delenv("DISTILL_DEBUG", raising=False)
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out + err
 
 
 def _meta(folder: Path) -> dict:
@@ -121,7 +105,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("words", list(CASES))
-def test_command_reads_a_two_file_corpus(words, tiny_teacher, tiny_backbone, tmp_path, monkeypatch, capsys):
+def test_command_reads_a_two_file_corpus(words, tiny_teacher, tiny_backbone, tmp_path, monkeypatch, run_cli):
     if words == "run":  # the pipeline's steps are the commands above; here one step each, no measuring
         import distill.pipeline
 
@@ -133,21 +117,21 @@ def test_command_reads_a_two_file_corpus(words, tiny_teacher, tiny_backbone, tmp
     out = tmp_path / ("out.json" if words.endswith("eval") else "out")
     places = {"MODEL": str(tiny_teacher), "BACKBONE": str(tiny_backbone), "OUT": str(out), "RUN": str(tmp_path / "run")}
     options = [places.get(o, o.replace("RUN/", f"{tmp_path / 'run'}/")) for o in options]
-    code, output = _run([*words.split(), *options, *_data(words)], monkeypatch, capsys)
-    assert code == 0, output[-2000:]
+    code, stdout, err = run_cli([*words.split(), *options, *_data(words)])
+    assert code == 0, (stdout + err)[-2000:]
     assert check(out)
 
 
-def test_predict_writes_a_tag_file_of_the_same_form(tiny_teacher, tmp_path, monkeypatch, capsys):
+def test_predict_writes_a_tag_file_of_the_same_form(tiny_teacher, tmp_path, run_cli):
     """One line of tags per text line (blank for a blank line), one tag per character of
     unspaced text, with the input's ``_`` separator."""
     text, tags = tmp_path / "pd.txt", tmp_path / "pd.tags"
     text.write_text("北京欢迎你\n\n我爱北京天安门\n", encoding="utf-8")
     tags.write_text("B_LOC I_LOC O O O\n\nO O B_LOC I_LOC B_LOC I_LOC I_LOC\n", encoding="utf-8")
     out = tmp_path / "pred.tags"
-    code, output = _run(["predict", str(tiny_teacher), "--labelled", "--input", str(text), "--tags-file", str(tags),
-                         "--out", str(out)], monkeypatch, capsys)
-    assert code == 0, output
+    code, stdout, err = run_cli(["predict", str(tiny_teacher), "--labelled", "--input", str(text), "--tags-file",
+                                 str(tags), "--out", str(out)])
+    assert code == 0, stdout + err
     lines = out.read_text(encoding="utf-8").split("\n")
     assert len(lines) == 4 and lines[1] == lines[3] == ""
     assert [len(lines[0].split()), len(lines[2].split())] == [5, 7]
@@ -176,17 +160,18 @@ def test_predicted_tags_keep_the_input_scheme_and_separator(tiny_teacher, tmp_pa
     assert out.getvalue() == "B_LOC E_LOC O B_PER E_PER\nB_PER M_PER E_PER\n"
 
 
-def test_predict_tag_file_errors_are_one_line(tiny_teacher, tmp_path, monkeypatch, capsys):
+def test_predict_tag_file_errors_are_one_line(tiny_teacher, tmp_path, run_cli):
     text, tags = tmp_path / "pd.txt", tmp_path / "pd.tags"
     text.write_text("北京欢迎你\n", encoding="utf-8")
     tags.write_text("B_LOC I_LOC O O\n", encoding="utf-8")
-    code, output = _run(["predict", str(tiny_teacher), "--labelled", "--input", str(text), "--tags-file", str(tags)],
-                        monkeypatch, capsys)
-    assert code == 1
-    assert output.strip() == (f"error: {tags}:1: 4 tags, expected 5 (one per character of unspaced text) "
-                              f"or 1 (the line as one token) on line 1 of {text}")
-    code, output = _run(["predict", str(tiny_teacher), "abc", "--tags-file", str(tags)], monkeypatch, capsys)
-    assert code == 1 and output.strip() == f"error: --tags-file {tags}: the tags of a labelled --input; give --input FILE"
+    code, stdout, err = run_cli(["predict", str(tiny_teacher), "--labelled", "--input", str(text), "--tags-file",
+                                 str(tags)])
+    assert code == 1 and not stdout.strip()
+    assert err.strip() == (f"error: {tags}:1: 4 tags, expected 5 (one per character of unspaced text) "
+                           f"or 1 (the line as one token) on line 1 of {text}")
+    code, stdout, err = run_cli(["predict", str(tiny_teacher), "abc", "--tags-file", str(tags)])
+    assert code == 1 and not stdout.strip()
+    assert err.strip() == f"error: --tags-file {tags}: the tags of a labelled --input; give --input FILE"
 
 
 def _readme_data_section() -> str:
@@ -202,7 +187,7 @@ def test_readme_two_file_example_is_the_resources_first_lines():
         assert (TWOFILE / tags_file).read_text(encoding="utf-8").split("\n")[0] == tags
 
 
-def test_readme_two_file_commands_run_as_written(tiny_backbone, tmp_path, monkeypatch, capsys):
+def test_readme_two_file_commands_run_as_written(tiny_backbone, tmp_path, monkeypatch, run_cli):
     """The README's commands, from a folder where ``tests/`` is this one, with the tiny backbone
     and a one-step run added to ``teacher train`` (the bundled backbone is too slow for a test)."""
     block = re.search(r"```sh\n(.*?)```", _readme_data_section(), re.S).group(1)
@@ -213,8 +198,8 @@ def test_readme_two_file_commands_run_as_written(tiny_backbone, tmp_path, monkey
     tiny = ["--backbone", str(tiny_backbone), "--epochs", "1", "--max-steps", "1", "--batch-size", "8",
             "--checkpoint-minutes", "0"]
     for argv in commands:
-        code, output = _run(argv[1:] + (tiny if argv[1] == "teacher" else []), monkeypatch, capsys)
-        assert code == 0, (argv, output[-2000:])
+        code, stdout, err = run_cli(argv[1:] + (tiny if argv[1] == "teacher" else []))
+        assert code == 0, (argv, (stdout + err)[-2000:])
     assert not _meta(tmp_path / "runs" / "en")["char_level"] and _meta(tmp_path / "runs" / "zh")["char_level"]
     predicted = (tmp_path / "zh_test.pred.tags").read_text(encoding="utf-8").splitlines()
     text = (TWOFILE / "zh_test.txt").read_text(encoding="utf-8").splitlines()
@@ -222,14 +207,13 @@ def test_readme_two_file_commands_run_as_written(tiny_backbone, tmp_path, monkey
 
 
 @pytest.mark.parametrize("words", ["quantize int8", "prune", "eval", "report"])
-def test_a_tag_file_without_its_text_file_is_an_error(words, tiny_teacher, tmp_path, monkeypatch, capsys):
+def test_a_tag_file_without_its_text_file_is_an_error(words, tiny_teacher, tmp_path, run_cli):
     """Not silently ignored where the data options are optional (the command's own default data)."""
     tags = TWOFILE / "zh_train.tags"
     target = str(tmp_path / "run") if words == "report" else str(tiny_teacher)
     if words == "report":
         shutil.copytree(tiny_teacher, tmp_path / "run" / "teacher")
-    code, output = _run([*words.split(), target, "--out", str(tmp_path / "o"), "--tags-file", str(tags)],
-                        monkeypatch, capsys)
-    assert code == 1
-    assert output.strip() == f"error: --tags-file {tags}: give --train too, the text file these tags belong to"
+    code, stdout, err = run_cli([*words.split(), target, "--out", str(tmp_path / "o"), "--tags-file", str(tags)])
+    assert code == 1 and not stdout.strip()
+    assert err.strip() == f"error: --tags-file {tags}: give --train too, the text file these tags belong to"
     assert not (tmp_path / "o").exists()
