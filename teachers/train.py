@@ -1,4 +1,5 @@
-"""``distill teacher train``: fine-tune a BERT-family encoder with a CRF head."""
+"""``distill teacher train``: fine-tune a BERT-family encoder with a CRF head (``--task classify``:
+with a pooled classification head, :func:`train_classifier_teacher`)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,38 @@ def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = 
               "max_length": max_length, "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()},
               "train_config": asdict(cfg)}
     return train(model, ds.train, ds.dev, out, cfg, resume=resume, quiet=quiet, extra_meta={"params": params})
+
+
+def train_classifier_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = None,
+                             train_config: TrainConfig | None = None, max_length: int = 256, dropout: float = 0.1,
+                             prune_vocab: bool = True, random_init: bool = False, num_layers: int | None = None,
+                             resume: bool = False, quiet: bool = False) -> dict:
+    """Fine-tune a BERT classifier (:class:`teachers.bert_classifier.BertClassifier`: mean
+    pooling, dropout, linear) on ``dataset`` (kwargs of :func:`distill.textdata.load_text_dataset`)
+    into ``out``; early stopping on dev macro-F1. ``backbone`` None: the built-in default
+    (e5-small). ``max_length``: sub-tokens per text, longer texts keep head and tail.
+    ``prune_vocab``: prune a SentencePiece vocabulary to the training texts' pieces;
+    ``random_init`` / ``num_layers``: ablations, as for the tagging teacher."""
+    import torch
+
+    from distill.classify import train_classifier
+    from distill.textdata import load_text_dataset
+    from teachers.bert_classifier import BertClassifier
+
+    cfg = train_config or TrainConfig()
+    ds = load_text_dataset(dataset)
+    torch.manual_seed(cfg.seed)
+    model = BertClassifier.from_backbone(
+        backbone, ds.labels, texts=ds.train.texts, prune_vocab=prune_vocab, random_init=random_init,
+        num_layers=num_layers, dropout=dropout, max_length=max_length,
+        meta={"role": "teacher", "dataset": ds.name, "dataset_fingerprint": ds.fingerprint()})
+    if not quiet:
+        pruned = model.meta.get("vocabulary", {}).get("pruned")
+        print(f"teacher: {ds.name} train {len(ds.train)} / dev {len(ds.dev)} texts, labels {ds.labels}"
+              + (f"; vocabulary pruned to {pruned['kept']} of {pruned['original']} pieces" if pruned else ""))
+    params = {"task": "classify", "backbone": backbone, **_adapted(backbone), "max_length": max_length,
+              "dropout": dropout, "prune_vocab": prune_vocab, "random_init": random_init, "num_layers": num_layers,
+              "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()},
+              "train_config": asdict(cfg)}
+    return train_classifier(model=model, data=ds, out=out, cfg=cfg, resume=resume, quiet=quiet,
+                            extra_meta={"params": params})
