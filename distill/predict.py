@@ -13,11 +13,17 @@ OUTPUT_FORMATS = ("conll", "json", "tags")
 
 def eval_model(*, model: str | Path, dataset: dict, split: str = "test", out: str | Path | None = None,
                batch_size: int = 64, decoding: str | None = None) -> dict[str, Any]:
-    """Evaluate a model folder on a split; write metrics JSON (default ``MODEL/eval.json``)."""
+    """Evaluate a model folder on a split; write metrics JSON (default ``MODEL/eval.json``).
+    A text classifier is scored by :func:`distill.predict_classify.eval_classifier`."""
     from distill.data import load_dataset
     from distill.evaluate import evaluate
     from distill.fileio import write_json
     from distill.modeling import load_model
+    from distill.predict_classify import eval_classifier, is_classifier
+
+    if is_classifier(model):
+        return eval_classifier(model=model, dataset=dataset, split=split, out=out, batch_size=batch_size,
+                               decoding=decoding)
 
     if split not in ("test", "dev"):
         raise DistillError(f"--split must be test or dev, got {split!r}")
@@ -67,12 +73,19 @@ def predict_file(*, model: str | Path, text: str | None = None, input: str | Non
     """Tag text and write one block per input sentence; returns the number of sentences tagged.
 
     A two-file input (``tags_file``, or ``fmt`` twofile; implies ``labelled``) is written by
-    default as a tag file of the same form (``output_format`` tags); otherwise CoNLL.
+    default as a tag file of the same form (``output_format`` tags); otherwise CoNLL. A text
+    classifier labels texts instead (:func:`distill.predict_classify.predict_classifier`).
     """
     from distill.data import read_corpus, split_text
     from distill.evaluate import predict_tags, to_output
     from distill.fileio import write_text
     from distill.modeling import load_model
+    from distill.predict_classify import is_classifier, predict_classifier
+
+    if is_classifier(model):
+        return predict_classifier(model=model, text=text, input=input, labelled=labelled, fmt=fmt, tags_file=tags_file,
+                                  output_format=output_format, out=out, batch_size=batch_size, stdout=stdout,
+                                  decoding=decoding)
 
     two_files = tags_file is not None or fmt == "twofile"
     labelled = labelled or two_files

@@ -15,7 +15,8 @@ DATASET = typer.Option(DEFAULT_DATASET, "--dataset", help="Built-in dataset name
 TRAIN = typer.Option(None, "--train", help="Training file (CoNLL, MSRA, JSONL, or the text of two files); default: the built-in dataset.")
 DEV = typer.Option(None, "--dev", help="Dev file; default: a deterministic split carved from train.")
 TEST = typer.Option(None, "--test", help="Test file; default: the built-in test set (or dev).")
-FORMATS_HELP = "auto|conll|msra|jsonl|twofile (twofile: text file plus a tag file; a tag file implies it)"
+FORMATS_HELP = ("auto|conll|msra|jsonl|twofile (twofile: text file plus a tag file; a tag file implies it); "
+                "text classification: auto|tsv|csv|jsonl|txt")
 FORMAT = typer.Option("auto", "--format", help=FORMATS_HELP)
 
 
@@ -62,3 +63,64 @@ def dataset_kwargs(dataset: str, train: Optional[Path], dev: Optional[Path], tes
     tag_files = dict(tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
     kwargs.update({k: v for k, v in tag_files.items() if v is not None})
     return kwargs
+
+
+TASKS = ("tag", "classify")
+TEXT_DEFAULT_DATASET = "sentiment"  # the built-in dataset of --task classify
+
+
+def task_option(what: str):
+    return typer.Option(None, "--task", help=f"tag | classify (default: {what}).")
+
+
+def resolve_task(task: Optional[str], dataset: str, model_task: Optional[str] = None, model: Optional[Path] = None) -> str:
+    """The task of a command: ``--task``, else the model folder's (``model_task``), else
+    classify for a built-in text dataset (``--dataset sentiment``), else tag. A ``--task``
+    that contradicts the model folder is an error."""
+    from distill.errors import DistillError
+    from distill.textdata import TEXT_DATASETS
+
+    if task is not None and task not in TASKS:
+        raise DistillError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task is not None and model_task is not None and task != model_task:
+        what = "a text classifier" if model_task == "classify" else "a tagger"
+        raise DistillError(f"{model}: is {what} (task {model_task!r}); --task {task} does not apply")
+    return task or model_task or ("classify" if dataset in TEXT_DATASETS else "tag")
+
+
+def model_task(folder: Optional[Path]) -> Optional[str]:
+    """The task a model folder records (``meta["task"]``; a tagger records none): None without a folder."""
+    if folder is None:
+        return None
+    from distill.modeling import read_meta
+
+    return (read_meta(folder).get("meta") or {}).get("task") or "tag"
+
+
+def text_dataset_kwargs(dataset: str, train: Optional[Path], dev: Optional[Path], test: Optional[Path], fmt: str,
+                        max_train: Optional[int], max_dev: Optional[int], max_test: Optional[int], *,
+                        tags_file: Optional[Path] = None, dev_tags_file: Optional[Path] = None,
+                        test_tags_file: Optional[Path] = None) -> dict:
+    """:func:`distill.textdata.load_text_dataset` kwargs from the shared data options: those of
+    :func:`dataset_kwargs`, with the tagging default dataset read as the built-in ``sentiment``,
+    and ``"task": "classify"`` in place of a name for the user's own files (tag files are
+    kept, so the reader refuses them by name)."""
+    if train is not None:
+        name = None if dataset == DEFAULT_DATASET else dataset
+    else:
+        name = TEXT_DEFAULT_DATASET if dataset == DEFAULT_DATASET else dataset
+    kwargs = dataset_kwargs(name, train, dev, test, fmt, max_train, max_dev, max_test, tags_file=tags_file,
+                            dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
+    if train is not None:
+        kwargs["task"] = "classify"
+    return kwargs
+
+
+def reject_options(task: str, given: dict[str, bool]) -> None:
+    """One line naming the first option (``--flag``: given) that does not apply to ``task``."""
+    from distill.errors import DistillError
+
+    for flag, used in given.items():
+        if used:
+            other = "tagging" if task == "classify" else "text classification"
+            raise DistillError(f"{flag} is for {other}; it does not apply to --task {task}")

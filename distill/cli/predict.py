@@ -28,7 +28,8 @@ def eval_cmd(
     tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
     test_tags_file: Optional[Path] = TEST_TAGS_FILE,
 ):
-    """Entity-level precision/recall/F1 (seqeval, strict) on the test (or dev) split."""
+    """Entity-level precision/recall/F1 (seqeval, strict) on the test (or dev) split; for a text
+    classifier, accuracy, macro-F1 and per-class precision/recall/F1."""
     quiet_libraries()
     from distill.predict import eval_model
 
@@ -36,8 +37,9 @@ def eval_cmd(
                           dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
     metrics = eval_model(model=model, out=out, split=split, batch_size=batch_size, decoding=decoding, dataset=data)
     from distill.evaluate import format_metrics
+    from distill.predict_classify import format_classification
 
-    print(format_metrics(metrics))
+    print(format_classification(metrics) if metrics.get("task") == "classify" else format_metrics(metrics))
 
 
 @app.command("predict")
@@ -49,16 +51,24 @@ def predict_cmd(
     fmt: str = typer.Option("auto", "--format", help=f"Format of a --labelled input: {FORMATS_HELP}."),
     tags_file: Optional[Path] = tags_option("--tags-file", "a --labelled --input"),
     output_format: Optional[str] = typer.Option(None, "--output-format", help="conll | json | tags (one line of tags "
-                                                "per text line: the default for a two-file input, else conll)"),
+                                                "per text line: the default for a two-file input, else conll); "
+                                                "classifiers: text (label<TAB>probabilities, the default) | json"),
+    json_lines: bool = typer.Option(False, "--json", help="JSON output, one object per line (= --output-format json)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
     batch_size: int = typer.Option(64),
     decoding: Optional[str] = DECODING,
 ):
-    """Tag raw text (split as the model's training data was) and print CoNLL or JSON with entity spans."""
+    """Tag raw text (split as the model's training data was) and print CoNLL or JSON with entity spans.
+    A text classifier prints per line its label and the class probabilities (in the order of the
+    labels in its distill.json), or JSON with --json."""
     quiet_libraries()
     from distill.predict import predict_file
 
     if text is None and input is None:
         raise DistillError("give TEXT or --input FILE (- for stdin)")
+    if json_lines:
+        if output_format not in (None, "json"):
+            raise DistillError(f"--json and --output-format {output_format} contradict each other; give one")
+        output_format = "json"
     predict_file(model=model, text=text, input=input, labelled=labelled, fmt=fmt, tags_file=tags_file,
                  output_format=output_format, out=out, batch_size=batch_size, stdout=sys.stdout, decoding=decoding)

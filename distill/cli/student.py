@@ -1,4 +1,5 @@
-"""``distill student``: train a BiLSTM-CRF or small-BERT student from a teacher."""
+"""``distill student``: train a BiLSTM-CRF or small-BERT student from a teacher (on a classifier
+teacher, a BiLSTM or small-BERT classifier)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import typer
 from distill.cli import app
 from distill.cli.common import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV,
                                 MAX_TEST, MAX_TRAIN, TAGS_FILE, TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs,
-                                quiet_libraries)
+                                model_task, quiet_libraries, reject_options, resolve_task, task_option,
+                                text_dataset_kwargs)
 from distill.errors import DistillError
 
 
@@ -26,17 +28,21 @@ def parse_layers(text: Optional[str]) -> Optional[list[int]]:
 
 @app.command("student")
 def student_cmd(
-    arch: str = typer.Option("bilstm-crf", "--arch", help="bilstm-crf | bert-small"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="bilstm-crf | bert-small (default bilstm-crf); on a "
+                                       "classifier teacher: bilstm | bert-small (default bilstm)"),
+    task: Optional[str] = task_option("the teacher's; without a teacher, classify for --dataset sentiment, else tag"),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher model folder (optional only with --alpha 1 and bilstm-crf)."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the gold-tag CRF loss; 1 - alpha goes to distillation (1: no teacher)."),
-    temperature: float = typer.Option(4.0, "--T", "--temperature", help="Distillation temperature (> 0)."),
+    temperature: Optional[float] = typer.Option(None, "--T", "--temperature", help="Distillation temperature (> 0; "
+                                                "default 4, classifiers 1)."),
     kd: str = typer.Option("emission", "--kd", help="emission (KL of tag distributions) | marginal (KL of CRF marginals) | both "
                            "| viterbi (NLL of the teacher's decoded path)"),
     hidden_weight: float = typer.Option(0.0, "--hidden-weight", help="bert-small: weight of hidden-state matching (runs the teacher each batch)."),
     emissions: Optional[Path] = typer.Option(None, "--emissions", help="Teacher emissions folder (default TEACHER/emissions-train; made if missing)."),
     transfer: Optional[list[str]] = typer.Option(None, "--transfer", help="Unlabelled text learnt from the teacher alone "
                                                  "(repeatable): a text file, one sentence per line, or msra:unlabelled "
-                                                 "(the MSRA train sentences outside --max-train)."),
+                                                 "(the MSRA train sentences outside --max-train); classifiers: a text "
+                                                 "file, one text per line, or sentiment:unlabelled[:N]."),
     transfer_corpus: Optional[list[Path]] = typer.Option(None, "--transfer-corpus", exists=True, dir_okay=False,
                                                          help="A labelled file used as unlabelled text (its tags "
                                                          "ignored; repeatable)."),
@@ -45,14 +51,17 @@ def student_cmd(
     out: Path = typer.Option(Path("runs/student"), "--out", "-o", help="Output model folder."),
     num_layers: Optional[int] = typer.Option(None, "--num-layers", help="bert-small: teacher layers to keep (default 3, or the count of --layers)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="bert-small: which teacher layers, e.g. 0,2,4 (default evenly spaced)."),
-    embedding_dim: int = typer.Option(128, "--embedding-dim", help="bilstm-crf: word embedding size."),
-    hidden_size: int = typer.Option(256, "--hidden-size", help="bilstm-crf: BiLSTM output size, both directions together."),
-    lstm_layers: int = typer.Option(1, "--lstm-layers", help="bilstm-crf: stacked BiLSTM layers."),
+    embedding_dim: int = typer.Option(128, "--embedding-dim", help="bilstm-crf, bilstm: word (or character) embedding size."),
+    hidden_size: Optional[int] = typer.Option(None, "--hidden-size", help="bilstm-crf, bilstm: BiLSTM output size, both "
+                                              "directions together (default 256; bilstm 512)."),
+    lstm_layers: int = typer.Option(1, "--lstm-layers", help="bilstm-crf, bilstm: stacked BiLSTM layers."),
     dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout (default 0.1 for bilstm-crf, the teacher's for bert-small)."),
     init_embeddings: bool = typer.Option(False, "--init-embeddings", help="bilstm-crf: start word embeddings from the teacher's (PCA-projected)."),
-    min_count: int = typer.Option(2, "--min-count", help="bilstm-crf: words seen fewer times in train are [UNK]."),
-    max_length: int = typer.Option(512, "--max-length", help="bilstm-crf: words per piece; longer sentences are split."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 10 bilstm-crf, 5 bert-small)."),
+    min_count: int = typer.Option(2, "--min-count", help="bilstm-crf, bilstm: words seen fewer times in train are [UNK]."),
+    max_length: int = typer.Option(512, "--max-length", help="bilstm-crf: words per piece; longer sentences are split. "
+                                   "bilstm: tokens per text; longer texts keep head and tail."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default 10 bilstm-crf, 5 bert-small; classifiers "
+                                         "10 bilstm, 3 bert-small)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default 32)."),
     lr: Optional[float] = typer.Option(None, help="Encoder (BiLSTM / BERT layers) learning rate (default 2e-3 / 1e-4)."),
     embedding_lr: Optional[float] = typer.Option(None, help="Embedding learning rate (default 2e-3 / 1e-4)."),
@@ -71,13 +80,39 @@ def student_cmd(
     checkpoint_minutes: float = CHECKPOINT_MINUTES, checkpoint_every: int = CHECKPOINT_EVERY,
 ):
     """Train a student on gold tags and the teacher's soft emissions:
-    alpha * CRF NLL + (1 - alpha) * T^2 * KL(teacher || student); transfer sentences get the KD term alone."""
+    alpha * CRF NLL + (1 - alpha) * T^2 * KL(teacher || student); transfer sentences get the KD term alone.
+    On a classifier teacher (or --task classify): alpha * CE(gold) + (1 - alpha) * T^2 * KL over the logits."""
     quiet_libraries()
     from students.train import default_train_config, train_student
 
     layer_list = parse_layers(layers)
     if num_layers is None:
         num_layers = len(layer_list) if layer_list is not None else 3
+    if resolve_task(task, dataset, model_task(teacher), teacher) == "classify":
+        from students.classify import BILSTM_SHAPE, default_classifier_train_config, train_classifier_student
+
+        reject_options("classify", {"--kd": kd != "emission", "--hidden-weight": hidden_weight != 0,
+                                    "--emissions": emissions is not None, "--init-embeddings": init_embeddings,
+                                    "--crf-lr": crf_lr is not None})
+        arch = arch or "bilstm"
+        cfg = default_classifier_train_config(arch, epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr,
+                                              head_lr=head_lr, warmup=warmup, clip=clip, patience=patience,
+                                              max_steps=max_steps, seed=seed, checkpoint_minutes=checkpoint_minutes,
+                                              checkpoint_every=checkpoint_every)
+        summary = train_classifier_student(
+            out=out, teacher=teacher, arch=arch,
+            dataset=text_dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test,
+                                        tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
+            alpha=alpha, temperature=1.0 if temperature is None else temperature,
+            transfer=list(transfer or []) + [f"corpus:{p}" for p in transfer_corpus or []],
+            transfer_ratio=transfer_ratio, num_layers=num_layers, layers=layer_list, embedding_dim=embedding_dim,
+            hidden_size=BILSTM_SHAPE["hidden_size"] if hidden_size is None else hidden_size, lstm_layers=lstm_layers,
+            dropout=dropout, min_count=min_count, max_length=max_length, train_config=cfg, resume=resume)
+        print(f"best dev macro-F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
+        return
+    arch = arch or "bilstm-crf"
+    temperature = 4.0 if temperature is None else temperature
+    hidden_size = 256 if hidden_size is None else hidden_size
     cfg = default_train_config(arch, epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr,
                                head_lr=head_lr, crf_lr=crf_lr, warmup=warmup, clip=clip, patience=patience,
                                max_steps=max_steps, seed=seed, checkpoint_minutes=checkpoint_minutes,

