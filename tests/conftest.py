@@ -159,6 +159,32 @@ def corpus(tiny_dataset_kwargs):
     return load_dataset(**tiny_dataset_kwargs)
 
 
+@pytest.fixture
+def half_right(monkeypatch, corpus):
+    """``with half_right() as f1:`` every model "predicts" the tiny test set's gold tags with the
+    entities of its second half left out (all O); ``f1`` is the entity-level F1 that scores,
+    counted here: precision 1, recall k / n, so F1 = 2k / (n + k)."""
+    from contextlib import contextmanager
+
+    import distill.evaluate
+
+    gold = corpus.test
+    half = len(gold) // 2
+    made = {tuple(s): list(t) if i < half else ["O"] * len(t) for i, (s, t) in enumerate(zip(gold.tokens, gold.tags))}
+    assert len(made) == len(gold)
+    n = sum(tag.startswith("B-") for tags in gold.tags for tag in tags)
+    k = sum(tag.startswith("B-") for tags in gold.tags[:half] for tag in tags)
+    assert 0 < k < n
+
+    @contextmanager
+    def predictions():
+        with monkeypatch.context() as m:
+            m.setattr(distill.evaluate, "predict_tags", lambda model, sentences, *a, **kw: [made[tuple(s)] for s in sentences])
+            yield 2 * k / (n + k)
+
+    return predictions
+
+
 @pytest.fixture(scope="session")
 def sp_backbone(tmp_path_factory, corpus) -> Path:
     """A tiny BERT with an XLM-R-style SentencePiece (Unigram) tokenizer over the tiny corpus."""
