@@ -304,6 +304,21 @@ class BertTagger(Tagger):
         return {"input_ids": ids, "word_index": index}
 
     def collate(self, features):
+        """The batch dict that forward, the losses and decoding read; B sentences (pieces),
+        S sub-tokens, W words, K tags. The BiLSTM-CRF's has no sub-tokens: its ``input_ids``
+        are word ids (B, W), and it has only the keys marked *.
+
+        * ``input_ids`` (B, S) long*: [CLS] sub-tokens [SEP], then the pad id
+        * ``attention_mask`` (B, S) long: 1 at real sub-tokens
+        * ``word_index`` (B, W) long: the sub-token each word is read at
+        * ``word_mask`` (B, W) bool*: true at real words
+        * ``tags`` (B, W) long*: gold tag ids; 0 at padding and in unlabelled sentences
+        * ``piece_shape`` (B, W) long: natural alignment only (:func:`shape_id`)
+        * ``teacher_emissions`` (B, W, K) float32*: when distilling
+          (:func:`distill.modeling.collate_extras`)
+        * ``gold`` (B,) bool*: with a transfer set, true at labelled sentences (added by
+          :func:`distill.train.train`)
+        """
         B = len(features)
         S = max(len(f["input_ids"]) for f in features)
         W = max(len(f["word_index"]) for f in features)
