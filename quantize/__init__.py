@@ -1,7 +1,8 @@
-"""Compression of trained taggers: dynamic int8 (PyTorch, ONNX Runtime), bitsandbytes
-8-bit, fp16, and magnitude / attention-head pruning.
+"""Compression of trained taggers and text classifiers: dynamic int8 (PyTorch, ONNX
+Runtime), bitsandbytes 8-bit, fp16, and magnitude / attention-head pruning.
 
-Every method reads an fp32 model folder (``bert-crf`` or ``bilstm-crf``) and writes a
+Every method reads an fp32 model folder (``bert-crf``, ``bilstm-crf``, ``bert-cls`` or
+``bilstm-cls``; what differs for classifiers is in :mod:`quantize.classify`) and writes a
 new model folder that :func:`distill.modeling.load_model` loads like any other, so
 ``distill eval`` and ``distill predict`` need no compression-specific code. This module
 holds what the methods share: loading the source, the folder's meta (``params``,
@@ -25,8 +26,9 @@ from distill.errors import DistillError
 from distill.fileio import atomic_dir, stamp, write_json
 from distill.modeling import FORMAT_VERSION, META_FILE, Tagger, TaggerOutput, load_model, model_class, read_meta
 
-# The kinds compression starts from: plain fp32 PyTorch taggers.
-SOURCE_KINDS = ("bert-crf", "bilstm-crf")
+# The kinds compression starts from: plain fp32 PyTorch taggers and classifiers
+# (classifiers, meta "task": "classify", dispatch to quantize.classify where they differ).
+SOURCE_KINDS = ("bert-crf", "bilstm-crf", "bert-cls", "bilstm-cls")
 
 
 def load_source(model: str | Path) -> Tagger:
@@ -139,6 +141,10 @@ class CompressedTagger(nn.Module):
     def encode_words(self, sentences: Sequence[Sequence[str]]) -> list[list[list[int]]]:
         return self.inner.encode_words(sentences)
 
+    def encode(self, texts: Sequence[str]) -> list[dict]:
+        """A classifier source's featurizer (:meth:`distill.classify.Classifier.encode`)."""
+        return self.inner.encode(texts)
+
     def build_feature(self, word_ids: Sequence[Sequence[int]]) -> dict[str, list[int]]:
         return self.inner.build_feature(word_ids)
 
@@ -186,9 +192,13 @@ def dataset_of(meta: dict[str, Any]) -> dict[str, Any] | None:
 
 def check_sentences(meta: dict[str, Any], dataset: dict[str, Any] | None, n: int) -> list[list[str]]:
     """The first ``n`` sentences of the dev split of ``dataset`` (default: the model's
-    training data, from its meta)."""
+    training data, from its meta); for a classifier, dev texts (:func:`quantize.classify.check_texts`)."""
     from distill.data import load_dataset
 
+    if meta.get("task") == "classify":
+        from quantize.classify import check_texts
+
+        return check_texts(meta, dataset, n)
     if n < 1:
         raise DistillError(f"--check must be >= 1 (dev sentences to check on; 0 skips the check), got {n}")
     kwargs = dataset if dataset is not None else dataset_of(meta)
@@ -207,6 +217,10 @@ def describe_check(check: dict[str, Any] | None, precise: bool = False) -> str:
     """The saved-model message's tail for a :func:`compare` result ('' when none was made)."""
     if not check:
         return ""
+    if "label_agreement" in check:
+        from quantize.classify import describe_classifier_check
+
+        return describe_classifier_check(check, precise)
     diff = f"{check['max_abs_diff']:.2e}" if precise else f"{check['max_abs_diff']:.4f}"
     return (f"; on {check['sentences']} dev sentences: max |emission diff| {diff}, "
             f"tags agree {check['tag_agreement']:.2%}")
@@ -214,8 +228,14 @@ def describe_check(check: dict[str, Any] | None, precise: bool = False) -> str:
 
 def compare(reference: Tagger, other, sentences: Sequence[Sequence[str]], batch_size: int = 32) -> dict[str, Any]:
     """Max abs emission difference (real words only) and share of identical decoded tags
-    between a PyTorch ``reference`` and a compressed model with a ``forward``."""
+    between a PyTorch ``reference`` and a compressed model with a ``forward``; for
+    classifiers, label agreement and max probability diff (:func:`quantize.classify.compare_classifiers`)."""
     from distill.features import iterate_batches, make_pieces
+
+    if reference.meta.get("task") == "classify":
+        from quantize.classify import compare_classifiers
+
+        return compare_classifiers(reference, other, sentences, batch_size)
 
     pieces = make_pieces(reference, sentences)
     max_diff, same, total, same_sentences = 0.0, 0, 0, 0

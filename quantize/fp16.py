@@ -29,7 +29,7 @@ DEVICES = ("cuda", "cpu")
 def to_half(model: Tagger) -> Tagger:
     """Cast ``model`` to float16 in place, the CRF kept float32."""
     model.half()
-    if model.crf is not None:
+    if getattr(model, "crf", None) is not None:  # classifiers have none
         model.crf.float()
     return model
 

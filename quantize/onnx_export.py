@@ -19,6 +19,8 @@ length, and returns ``emissions`` (B, W, K) and the Viterbi-decoded ``tags`` (B,
   the mismatch. For ``onnx-int8`` (ONNX Runtime dynamic int8 of the checked graph) the
   in-graph Viterbi must equal :meth:`CRF.decode` on the graph's own emissions; the
   emission difference to fp32 and the tag agreement are recorded in the folder's meta.
+* Text classifiers (meta ``"task": "classify"``) export a graph of their own, returning
+  class ``probabilities`` and the argmax ``label``: :mod:`quantize.classify`.
 """
 
 from __future__ import annotations
@@ -305,6 +307,10 @@ class OnnxTagger:
 
     @classmethod
     def load(cls, folder: Path, info: dict[str, Any], device: str = "auto", threads: int | None = None) -> "OnnxTagger":
+        if (info.get("meta") or {}).get("task") == "classify":  # a classifier's graph: probabilities and label
+            from quantize.classify import OnnxClassifier
+
+            return OnnxClassifier.load(folder, info, device, threads)
         path = folder / ONNX_FILE
         if not path.exists():
             raise DistillError(f"{path}: missing; the ONNX model folder is incomplete")
@@ -381,6 +387,11 @@ def _export(model: Path, out: Path | None, int8: bool, dataset: dict | None, che
     source = load_source(model)
     if check < 1:
         raise DistillError(f"--check must be >= 1 (an export is always checked), got {check}")
+    if source.meta.get("task") == "classify":
+        from quantize.classify import export_classifier
+
+        return export_classifier(source, model, out, int8=int8, dataset=dataset, check=check,
+                                 per_channel=per_channel, quiet=quiet)
     sentences = check_sentences(source.meta, dataset, check)
     options: dict[str, Any] = {"opset": OPSET, "exporter": f"torch.onnx dynamo (torch {torch.__version__.split('+')[0]})"}
     if int8:

@@ -10,7 +10,8 @@ short fine-tune (distilled from the unpruned model when a teacher is given).
   the query/key/value and attention-output matrices really shrink. Importance is
   Michel et al. (2019), "Are Sixteen Heads Really Better than One?": a gate xi_h = 1
   multiplies each head's output; I_h = sum over dev batches of |dL/dxi_h| with L the
-  CRF NLL of the gold tags, normalised per layer by its L2 norm; the heads with the
+  CRF NLL of the gold tags (a classifier's: the cross-entropy of the gold labels),
+  normalised per layer by its L2 norm; the heads with the
   lowest I_h over all layers go first, each layer keeping at least one. Which heads
   were removed is stored as ``pruned_heads`` in the encoder config (original head
   numbers), and :meth:`teachers.bert_crf.BertTagger.build` removes them again on load
@@ -18,7 +19,9 @@ short fine-tune (distilled from the unpruned model when a teacher is given).
 * ``vocab``: the embedding rows (and tokenizer pieces) a corpus does not need are removed,
   predictions on the kept pieces unchanged: :func:`quantize.vocab.prune_vocab_folder`.
 
-The output is a model folder of the source's own kind (``bert-crf`` / ``bilstm-crf``).
+The output is a model folder of the source's own kind (``bert-crf`` / ``bilstm-crf``, or
+the classifiers ``bert-cls`` / ``bilstm-cls``, whose importance loss and fine-tune are in
+:mod:`quantize.classify`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -117,12 +120,24 @@ def keep_pruned(masks: Sequence[tuple[Tensor, Tensor]]) -> list:
 
 def head_importance(model: Tagger, sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[int]],
                     batch_size: int = 16) -> list[Tensor]:
-    """Michel et al. (2019) head importance per layer, each a (heads,) tensor: the sum
-    over dev batches of |dL/dxi_h| for a gate xi_h = 1 on each head's output (the
-    gate multiplies that head's slice of the input of the attention output projection),
-    L the CRF NLL of the gold tags; then each layer's vector divided by its L2 norm."""
+    """Michel et al. (2019) head importance per layer (:func:`gate_importance`), L the CRF
+    NLL of the gold tags."""
     from distill.features import iterate_batches, make_pieces
 
+    def losses():
+        pieces = make_pieces(model, sentences, tags)
+        for _, batch in iterate_batches(model, pieces, batch_size):
+            yield model.loss(model(batch), batch["tags"])
+
+    return gate_importance(model, losses)
+
+
+def gate_importance(model: nn.Module, losses: Callable[[], Iterable[Tensor]]) -> list[Tensor]:
+    """Michel et al. (2019) head importance per layer of ``model.encoder``, each a (heads,)
+    tensor: the sum over dev batches of |dL/dxi_h| for a gate xi_h = 1 on each head's
+    output (the gate multiplies that head's slice of the input of the attention output
+    projection), L each loss ``losses()`` yields (one per dev batch, computed while the
+    gates are in place); then each layer's vector divided by its L2 norm."""
     layers = attention_layers(model.encoder)
     gates = [torch.ones(layer.attention.self.num_attention_heads, requires_grad=True) for layer in layers]
     hooks = []
@@ -138,10 +153,7 @@ def head_importance(model: Tagger, sentences: Sequence[Sequence[str]], tags: Seq
     model.eval().requires_grad_(False)
     importance = [torch.zeros_like(g) for g in gates]
     try:
-        pieces = make_pieces(model, sentences, tags)
-        for _, batch in iterate_batches(model, pieces, batch_size):
-            out = model(batch)
-            loss = model.loss(out, batch["tags"])
+        for loss in losses():
             grads = torch.autograd.grad(loss, gates)
             for acc, g in zip(importance, grads):
                 acc += g.abs()
@@ -222,6 +234,8 @@ def prune(*, model: Path, out: Path | None = None, method: str = "magnitude", sp
     (:func:`quantize.vocab.prune_vocab_folder`; no ``sparsity``, no fine-tune)."""
     from distill.data import load_dataset
     from distill.modeling import read_meta
+    from distill.textdata import load_text_dataset
+    from quantize.classify import classifier_head_importance, finetune_classifier, is_classifier, text_dataset_of
 
     cfg = PruneConfig(method=method, sparsity=sparsity, finetune_epochs=finetune_epochs, lr=lr, alpha=alpha,
                       temperature=temperature, importance_sentences=importance_sentences)
@@ -243,13 +257,17 @@ def prune(*, model: Path, out: Path | None = None, method: str = "magnitude", sp
     if teacher is not None and list(read_meta(teacher)["labels"]) != source.labels:
         raise DistillError(f"{teacher}: teacher labels differ from the pruned model's {source.labels}")
     if method == "heads" and not hasattr(source, "encoder"):
-        raise DistillError(f"{model}: --method heads needs a BERT model (bert-crf); a {source.kind} has no attention heads")
-    data_kwargs = dataset if dataset is not None else dataset_of(source.meta)
+        raise DistillError(f"{model}: --method heads needs a BERT model (bert-crf, bert-cls); a {source.kind} "
+                           f"has no attention heads")
+    classify = is_classifier(source)  # text classifiers: quantize.classify
+    data_kwargs = dataset if dataset is not None else (text_dataset_of if classify else dataset_of)(source.meta)
     need_data = method == "heads" or finetune_epochs > 0
     if need_data and data_kwargs is None:
         raise DistillError("cannot tell which data the model was trained on; give --train (and --dev) files")
     # Data given explicitly is read (and checked) even when only a fine-tune or heads would need it.
-    ds = load_dataset(**data_kwargs) if need_data or dataset is not None else None
+    ds = None
+    if need_data or dataset is not None:
+        ds = load_text_dataset(data_kwargs) if classify else load_dataset(**data_kwargs)
 
     pruned = copy.deepcopy(source)
     before = _count(pruned)
@@ -262,7 +280,10 @@ def prune(*, model: Path, out: Path | None = None, method: str = "magnitude", sp
     else:
         label_index = {l: i for i, l in enumerate(source.labels)}
         dev = ds.dev.subset(range(min(len(ds.dev), cfg.importance_sentences)))
-        importance = head_importance(pruned, dev.tokens, [[label_index[t] for t in s] for s in dev.tags])
+        if classify:
+            importance = classifier_head_importance(pruned, dev.texts, dev.labels)
+        else:
+            importance = head_importance(pruned, dev.tokens, [[label_index[t] for t in s] for s in dev.tags])
         removed = heads_to_remove(importance, sparsity)
         remove_heads(pruned.encoder, removed)
         total = sum(len(i) for i in importance)
@@ -275,7 +296,10 @@ def prune(*, model: Path, out: Path | None = None, method: str = "magnitude", sp
                "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in (data_kwargs or {}).items()}}
     pruned.meta = derived_meta(source, model, f"prune-{method}", options)
     pruned.meta["pruning"] = info
-    if finetune_epochs:
+    if finetune_epochs and classify:
+        info["finetune"] = finetune_classifier(pruned, masks, cfg, ds, out, teacher, {"pruning": info}, quiet)
+        _check_saved(out, method, info)
+    elif finetune_epochs:
         info["finetune"] = _finetune(pruned, masks, cfg, ds, out, teacher, data_kwargs,
                                      {"pruning": info}, quiet)
         _check_saved(out, method, info)
