@@ -7,6 +7,8 @@ throughput over the whole test file (end to end: tokens in, tags out, tokenizati
 included), scores the batch-32 predictions (entity-level seqeval) and prints one JSON
 line. Only the inference interface every model offers is used (``encode_words``,
 ``build_feature``, ``collate``, ``decode_batch`` through :func:`distill.evaluate.predict_ids`).
+A text classifier (``--task classify``: a test file of ``texts`` and ``labels``) is measured
+the same way from text to class probabilities (:func:`run_bench_classifier`).
 """
 
 from __future__ import annotations
@@ -276,6 +278,99 @@ def run_baseline(*, test_file: str | Path, threads: int) -> dict[str, Any]:
     return {"baseline": True, "test_sentences": len(test["tokens"]), "threads": threads}
 
 
+def run_bench_classifier(*, model_dir: str | Path, test_file: str | Path, threads: int, latency_sentences: int = 500,
+                         batch_size: int = 32, warmup: int = 10, device: str = "cpu",
+                         predictions: str | Path | None = None) -> dict[str, Any]:
+    """Benchmark one text classifier on the test file (JSON with ``texts`` and ``labels``), as
+    :func:`run_bench` does a tagger: warm-up, batch-1 latency text by text, throughput at
+    ``batch_size`` over every text, end to end from text to class probabilities
+    (:func:`distill.classify.predict_proba`: tokenization included); accuracy, macro-F1 and
+    per-class P/R/F1 of those batched predictions (:func:`distill.classify.classification_metrics`)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from distill.classify import classification_metrics, predict_proba
+    from distill.errors import DistillError
+    from distill.modeling import load_model, read_meta
+
+    folder = Path(model_dir)
+    info = read_meta(folder)
+    if (info.get("meta") or {}).get("task") != "classify":
+        raise DistillError(f"{folder}: a tagger, not a text classifier (meta task 'classify')")
+    if any(folder.glob("*.onnx")):
+        pin_onnxruntime_threads(threads)
+    test = json.loads(Path(test_file).read_text(encoding="utf-8"))
+    texts, gold = test["texts"], test["labels"]
+
+    t0 = time.perf_counter()
+    model = load_model(folder)
+    result: dict[str, Any] = {"model": str(folder), "kind": info["kind"], "requested_device": device,
+                              "threads": threads, "load_seconds": round(time.perf_counter() - t0, 3)}
+    reason = _place(model, device)
+    if reason is not None:
+        result.update(skipped=reason)
+        return result
+    result["device"] = _model_device(model)
+    cuda = result["device"] == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    with torch.inference_mode():
+        for text in texts[:warmup]:  # warm-up: single texts and one full batch, untimed
+            predict_proba(model, [text], batch_size=1)
+        predict_proba(model, texts[:batch_size], batch_size=batch_size)
+        sync()
+        times = []
+        for i in latency_subset(len(texts), latency_sentences):
+            t = time.perf_counter()
+            predict_proba(model, [texts[i]], batch_size=1)
+            sync()
+            times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        proba = predict_proba(model, texts, batch_size=batch_size)  # shape: (N, C)
+        sync()
+        seconds = time.perf_counter() - t
+
+    labels = list(model.labels)
+    pred = [labels[i] for i in proba.argmax(1).tolist()]
+    metrics = classification_metrics(gold, pred, labels)
+    params, params_note = count_parameters(model, folder)
+    n_chars = sum(len(s) for s in texts)
+    result.update(
+        accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"], f1=metrics["macro_f1"],
+        per_class=metrics["per_class"], test_texts=len(texts), test_chars=n_chars,
+        latency_sentences=len(times), warmup_sentences=min(warmup, len(texts)),
+        latency_ms_median=_percentile(times, 50) * 1000, latency_ms_p90=_percentile(times, 90) * 1000,
+        latency_ms_mean=sum(times) / max(1, len(times)) * 1000,
+        throughput_batch_size=batch_size, throughput=len(texts) / seconds, chars_per_second=n_chars / seconds,
+        throughput_seconds=seconds, parameters=params, parameters_note=params_note,
+        torch_threads=torch.get_num_threads(),
+    )
+    if cuda:
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["gpu_name"] = torch.cuda.get_device_name()
+    if predictions is not None:
+        Path(predictions).write_text(json.dumps(pred, ensure_ascii=False), encoding="utf-8")
+    return result
+
+
+def run_baseline_classifier(*, test_file: str | Path, threads: int) -> dict[str, Any]:
+    """:func:`run_baseline` for a classification test file: the same libraries, the texts, the scorer run once."""
+    import importlib
+
+    import torch
+
+    from distill.classify import classification_metrics
+
+    torch.set_num_threads(threads)
+    for module in ("transformers.modeling_utils", "transformers.tokenization_utils_fast", "safetensors.torch"):
+        importlib.import_module(module)
+    test = json.loads(Path(test_file).read_text(encoding="utf-8"))
+    classification_metrics(test["labels"], test["labels"], sorted(set(test["labels"])))
+    return {"baseline": True, "test_texts": len(test["texts"]), "threads": threads}
+
+
 # --- the parent's side: launching a benchmark process and describing the machine ---
 
 
@@ -370,7 +465,9 @@ def run_child(args: list[str], threads: int, hide_gpu: bool) -> tuple[dict[str, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distill.bench", description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="model folder")
-    parser.add_argument("--test", required=True, help="JSON file with 'tokens' and 'tags' lists")
+    parser.add_argument("--test", required=True, help="JSON file with 'tokens' and 'tags' lists (--task classify: "
+                        "'texts' and 'labels')")
+    parser.add_argument("--task", default="tag", choices=("tag", "classify"), help="the run's task")
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--latency-sentences", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -386,14 +483,16 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     try:
+        classify = args.task == "classify"
         if args.baseline:
-            result = run_baseline(test_file=args.test, threads=args.threads)
+            result = (run_baseline_classifier if classify else run_baseline)(test_file=args.test, threads=args.threads)
         elif not args.model:
             raise DistillError("give a model folder (or --baseline)")
         else:
-            result = run_bench(model_dir=args.model, test_file=args.test, threads=args.threads,
-                               latency_sentences=args.latency_sentences, batch_size=args.batch_size,
-                               warmup=args.warmup, device=args.device, predictions=args.predictions)
+            result = (run_bench_classifier if classify else run_bench)(
+                model_dir=args.model, test_file=args.test, threads=args.threads,
+                latency_sentences=args.latency_sentences, batch_size=args.batch_size,
+                warmup=args.warmup, device=args.device, predictions=args.predictions)
     except DistillError as e:
         result = {"error": str(e)}
     except Exception as e:  # noqa: BLE001 — the report shows one line per failed model

@@ -109,8 +109,10 @@ def _distance(box, point) -> float:
     return math.hypot(max(x0 - x, 0.0, x - x1), max(y0 - y, 0.0, y - y1))
 
 
-def f1_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Entity F1 against batch-1 median latency (log x); each model a labelled point sized by disk size.
+def f1_vs_latency(rows: Sequence[dict[str, Any]], path: Path, metric: str = "f1", ylabel: str = "entity F1 (test)",
+                  title: str = "F1", item: str = "sentence") -> Path:
+    """Entity F1 (or the rows' ``metric``, e.g. a classifier's accuracy or macro_f1, axis ``ylabel``)
+    against batch-1 median latency per ``item`` (log x); each model a labelled point sized by disk size.
     Labels are placed on the final layout so that none overlaps another (see :func:`_place_labels`)."""
     fig = _figure(8, 5.5)
     ax = fig.add_subplot()
@@ -119,23 +121,24 @@ def f1_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     areas = [40 + 900 * (r["size_mb"] / biggest) for r in rows]
     for r, area in zip(rows, areas):
         color = "tab:red" if r.get("role") == "teacher" else "tab:blue"
-        ax.scatter(r["latency_ms_median"], r["f1"], s=area, alpha=0.55, color=color, edgecolors="black", linewidths=0.5)
+        ax.scatter(r["latency_ms_median"], r[metric], s=area, alpha=0.55, color=color, edgecolors="black", linewidths=0.5)
     ax.set_xscale("log")
     _plain_log_axis(ax.xaxis, [r["latency_ms_median"] for r in rows])
     ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel("latency per sentence, batch 1, median (ms, log scale)")
-    ax.set_ylabel("entity F1 (test)")
-    ax.set_title("F1 vs latency (point area ~ weights on disk; red = teacher)")
+    ax.set_xlabel(f"latency per {item}, batch 1, median (ms, log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} vs latency (point area ~ weights on disk; red = teacher)")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     radii = [math.sqrt(area / math.pi) * fig.dpi / 72 for area in areas]  # scatter's s is an area in points^2
-    _place_labels(ax, [(r["latency_ms_median"], r["f1"]) for r in rows],
+    _place_labels(ax, [(r["latency_ms_median"], r[metric]) for r in rows],
                   [f"{r['name']} ({r['size_mb']:.3g} MB)" for r in rows], radii)
     return _save(fig, path, layout=False)
 
 
-def training_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
-    """Training loss and dev F1 per epoch, one line per trained model (from its train_log.jsonl)."""
+def training_curves(curves: dict[str, list[dict[str, Any]]], path: Path, dev_metric: str = "entity F1") -> Path:
+    """Training loss and dev F1 (``dev_metric``: what a log's dev_f1 is) per epoch, one line per
+    trained model (from its train_log.jsonl)."""
     fig = _figure(11, 4.5)
     ax_loss, ax_f1 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for name, records in sorted(curves.items()):
@@ -145,7 +148,7 @@ def training_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path
     ax_loss.set_title("training loss per epoch\n(KD runs include the distillation term: compare within a model)")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("mean training loss")
-    ax_f1.set_title("dev entity F1 per epoch")
+    ax_f1.set_title(f"dev {dev_metric} per epoch")
     ax_f1.set_xlabel("epoch")
     ax_f1.set_ylabel("F1")
     from matplotlib.ticker import MaxNLocator
@@ -171,8 +174,9 @@ def confusion_counts(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]
     return counts
 
 
-def confusion_matrix(counts: Sequence[Sequence[int]], labels: Sequence[str], title: str, path: Path) -> Path:
-    """Row-normalised confusion matrix (each gold tag's row sums to 1), values printed in the cells."""
+def confusion_matrix(counts: Sequence[Sequence[int]], labels: Sequence[str], title: str, path: Path,
+                     unit: str = "tag") -> Path:
+    """Row-normalised confusion matrix (each gold ``unit``'s row sums to 1), values printed in the cells."""
     n = len(labels)
     norm = [[c / max(1, sum(row)) for c in row] for row in counts]
     fig = _figure(1.2 + 0.75 * n, 0.9 + 0.65 * n)
@@ -184,15 +188,15 @@ def confusion_matrix(counts: Sequence[Sequence[int]], labels: Sequence[str], tit
                     color="white" if norm[i][j] > 0.5 else "black")
     ax.set_xticks(range(n), labels, rotation=45, ha="right")
     ax.set_yticks(range(n), labels)
-    ax.set_xlabel("predicted tag")
-    ax.set_ylabel("gold tag")
+    ax.set_xlabel(f"predicted {unit}")
+    ax.set_ylabel(f"gold {unit}")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return _save(fig, path)
 
 
-def label_distribution(counts: dict[str, int], title: str, path: Path) -> Path:
-    """Bar chart of tag counts (log scale, counts printed on the bars)."""
+def label_distribution(counts: dict[str, int], title: str, path: Path, unit: str = "tokens") -> Path:
+    """Bar chart of tag (or class) counts of ``unit`` (log scale, counts printed on the bars)."""
     names = list(counts)
     values = [counts[k] for k in names]
     fig = _figure(max(5, 0.8 * len(names) + 2), 4)
@@ -203,6 +207,6 @@ def label_distribution(counts: dict[str, int], title: str, path: Path) -> Path:
     ax.set_xticks(range(len(names)), names)
     ax.set_yscale("log")
     _plain_log_axis(ax.yaxis, values)
-    ax.set_ylabel("tokens (log scale)")
+    ax.set_ylabel(f"{unit} (log scale)")
     ax.set_title(title)
     return _save(fig, path)

@@ -131,21 +131,10 @@ def resolve_dataset(run_dir: Path, dataset: dict | None, max_test: int | None) -
     return dataset
 
 
-def make_report(*, run_dir: str | Path, out: str | Path | None = None, dataset: dict | None = None,
-                max_test: int | None = None, threads: int | None = None, latency_sentences: int = 500,
-                batch_size: int = 32, warmup: int = 10, gpu: bool | None = None, command: str | None = None,
-                quiet: bool = False) -> dict[str, Any]:
-    """Benchmark every model folder under ``run_dir`` and write the report folder (default RUN_DIR/report).
+def check_report_args(run_dir, out, threads, latency_sentences, batch_size, warmup) -> tuple[Path, Path, int]:
+    """The run folder, the report folder (default RUN_DIR/report) and the thread count, checked."""
+    from distill.bench import default_threads
 
-    ``dataset``: kwargs of :func:`distill.data.load_dataset` (default: the run's
-    profile.json, else msra); ``gpu``: also measure on CUDA (default: when available).
-    Returns the report as written to report.json.
-    """
-    from distill.bench import default_threads, run_child, size_on_disk_mb
-    from distill.data import load_dataset
-    from distill.fileio import atomic_dir, write_json
-
-    started = time.time()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DistillError(f"{run_dir}: no such run folder")
@@ -158,6 +147,31 @@ def make_report(*, run_dir: str | Path, out: str | Path | None = None, dataset: 
     threads = default_threads() if threads is None else threads
     if threads < 1:
         raise DistillError(f"--threads must be >= 1, got {threads}")
+    return run_dir, out, threads
+
+
+def make_report(*, run_dir: str | Path, out: str | Path | None = None, dataset: dict | None = None,
+                max_test: int | None = None, threads: int | None = None, latency_sentences: int = 500,
+                batch_size: int = 32, warmup: int = 10, gpu: bool | None = None, command: str | None = None,
+                quiet: bool = False) -> dict[str, Any]:
+    """Benchmark every model folder under ``run_dir`` and write the report folder (default RUN_DIR/report).
+
+    ``dataset``: kwargs of :func:`distill.data.load_dataset` (default: the run's
+    profile.json, else msra); ``gpu``: also measure on CUDA (default: when available).
+    Returns the report as written to report.json. A run of text classifiers (the teacher's
+    meta task "classify") gets :func:`distill.report_classify.make_classify_report` instead.
+    """
+    from distill.bench import run_child, size_on_disk_mb
+    from distill.data import load_dataset
+    from distill.fileio import atomic_dir, write_json
+    from distill.report_classify import is_classify_run, make_classify_report
+
+    started = time.time()
+    run_dir, out, threads = check_report_args(run_dir, out, threads, latency_sentences, batch_size, warmup)
+    if is_classify_run(run_dir, dataset, exclude=[out]):  # a run of text classifiers: its own report
+        return make_classify_report(run_dir=run_dir, out=out, dataset=dataset, max_test=max_test, threads=threads,
+                                    latency_sentences=latency_sentences, batch_size=batch_size, warmup=warmup,
+                                    gpu=gpu, command=command or _default_command(), quiet=quiet)
     entries = find_models(run_dir, exclude=[out])
     if not entries:
         raise DistillError(f"{run_dir}: no model folders (folders with {META_FILE}) found; "

@@ -31,7 +31,8 @@ def _dataset(dataset: Optional[str], train, dev, test, fmt: str, tags_file, dev_
 def report_cmd(
     run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder holding model folders (searched recursively)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default RUN_DIR/report)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset; default: the run's profile.json data, else msra."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset; default: the run's profile.json data, "
+                                          "else msra (a run of text classifiers: the teacher's training data)."),
     train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST, fmt: str = FORMAT,
     max_test: Optional[int] = MAX_TEST,
     tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
@@ -42,7 +43,8 @@ def report_cmd(
     warmup: int = typer.Option(10, "--warmup", help="Untimed warm-up sentences per model."),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="Also measure on CUDA (default: when available)."),
 ):
-    """Benchmark every model under RUN_DIR on one test set: report.md, report.json, report.csv, plots."""
+    """Benchmark every model under RUN_DIR on one test set: report.md, report.json, report.csv, plots.
+    A run of text classifiers (its teacher's task) gets accuracy, macro-F1 and per-class scores."""
     quiet_libraries()
     from distill.report import make_report
 
