@@ -206,3 +206,26 @@ def train_classifier_student(*, out: Path, teacher: Path | None, arch: str, data
                             temperature=temperature, transfer_ratio=transfer_ratio, resume=resume, quiet=quiet,
                             extra_meta={"params": params, "distillation": {"alpha": alpha, "temperature": temperature},
                                         **({"transfer": transfer_meta} if transfer_meta is not None else {})})
+
+
+def emit_teacher_logits(*, teacher: Path, dataset: dict, transfer: list[str] | None = None, batch_size: int = 64,
+                        quiet: bool = False) -> list[Path]:
+    """Compute (or find) the classifier teacher's logits that :func:`train_classifier_student`
+    reads: those of the training texts of ``dataset`` and, for each ``transfer`` spec, of its
+    texts after the same overlap rule; returns the cache files (``TEACHER/logits-*.npy``)."""
+    from distill.classify import logits_path, teacher_logits
+    from distill.modeling import read_meta
+    from distill.textdata import load_text_dataset, text_transfer
+
+    info = read_meta(teacher)
+    if (info.get("meta") or {}).get("task") != "classify":
+        raise DistillError(f"{teacher}: a tagger (kind {info['kind']!r}), not a text classifier")
+    ds = load_text_dataset(dataset)
+    if list(info["labels"]) != ds.labels:
+        raise DistillError(f"{teacher}: teacher labels {info['labels']} differ from the data's {ds.labels}")
+    sets = [ds.train.texts] if not transfer else [text_transfer(t, ds, quiet=quiet).texts for t in transfer]
+    paths = []
+    for texts in sets:
+        teacher_logits(teacher, texts, batch_size, quiet=quiet)
+        paths.append(logits_path(teacher, texts, info["labels"]))
+    return paths

@@ -114,6 +114,26 @@ def test_teacher_and_students_record_the_task_and_their_data(run, data):
     assert student_identity(gold["meta"]["params"]) == student_identity(kd["meta"]["params"])
 
 
+def test_teacher_emit_finds_the_logits_the_student_used(run, data, run_cli):
+    cached = sorted((run / "teacher").glob("logits-*.npy"))
+    r = run_cli(["teacher", "emit", str(run / "teacher"), "--text", str(data["transfer"]), *_data_args(data)])
+    assert r.code == 0, r.err
+    r2 = run_cli(["teacher", "emit", str(run / "teacher"), *_data_args(data)])
+    assert r2.code == 0, r2.err
+    written = [Path(line.split(" written to ")[1]) for line in (r.out + r2.out).splitlines() if " written to " in line]
+    assert sorted(written) == cached == sorted((run / "teacher").glob("logits-*.npy"))
+
+
+def test_bert_small_student_copies_teacher_layers(run, data, tmp_path):
+    out = tmp_path / "bert-small"
+    _ok(["student", "--teacher", str(run / "teacher"), "--arch", "bert-small", "--num-layers", "1", "--alpha", "0.5",
+         "--T", "2", "--out", str(out), *STEPS, *_data_args(data)])
+    info = _meta(out)
+    assert info["kind"] == "bert-cls" and info["config"]["num_layers"] == 1 and info["meta"]["layers"] == [0]
+    assert info["meta"]["role"] == "student" and info["meta"]["params"]["temperature"] == 2.0
+    assert info["meta"]["params"]["hidden_size"] is None  # a BiLSTM option: not part of this student
+
+
 def test_eval_prints_and_writes_accuracy_macro_f1_and_per_class(run, data, tmp_path):
     out = tmp_path / "eval.json"
     printed = _ok(["eval", str(run / "bilstm-kd"), "--test", str(data["test"]), "--out", str(out)])

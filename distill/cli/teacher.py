@@ -10,8 +10,10 @@ import typer
 from distill.cli import app
 from distill.cli.common import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV,
                                 MAX_TEST, MAX_TRAIN, TAGS_FILE, TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs,
-                                quiet_libraries, reject_options, resolve_task, task_option, text_dataset_kwargs)
+                                model_task, quiet_libraries, reject_options, resolve_task, task_option,
+                                text_dataset_kwargs)
 from distill.cli.predict import eval_cmd
+from distill.errors import DistillError
 
 teacher_app = typer.Typer(no_args_is_help=True, help="Train, evaluate and emit from a BERT-CRF teacher "
                           "(or a BERT classifier: --task classify).")
@@ -118,10 +120,28 @@ def emit_cmd(
     test_tags_file: Optional[Path] = TEST_TAGS_FILE,
 ):
     """Write the teacher's word-level emissions on the training data (or on unlabelled text, for a
-    transfer set) for students to learn from."""
+    transfer set) for students to learn from. A classifier teacher caches its logits
+    (MODEL/logits-<fingerprint>.npy) on the training texts, or on those of --text / --corpus."""
     quiet_libraries()
     from distill.emissions import emit, emit_text
 
+    if model_task(model) == "classify":
+        from distill.modeling import read_meta
+        from distill.predict_classify import recorded_dataset, text_dataset
+        from students.classify import emit_teacher_logits
+
+        if out is not None:
+            raise DistillError(f"--out {out}: a classifier teacher keeps its logits in its own folder ({model})")
+        if text is not None and corpus is not None:
+            raise DistillError("give --text or --corpus, not both (each is emitted into its own file)")
+        data = text_dataset(dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, None, tags_file=tags_file,
+                                           dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
+                            recorded_dataset(read_meta(model).get("meta") or {}))
+        spec = f"text:{text}" if text is not None else f"corpus:{corpus}" if corpus is not None else None
+        for path in emit_teacher_logits(teacher=model, dataset=data, transfer=[spec] if spec else None,
+                                        batch_size=batch_size):
+            print(f"teacher logits written to {path}")
+        return
     if text is not None or corpus is not None:
         folder = emit_text(model=model, out=out, corpus=read_unlabelled(model, text, corpus), batch_size=batch_size,
                            source=str(text or corpus))
