@@ -85,6 +85,8 @@ def resolve_task(task: Optional[str], dataset: str, model_task: Optional[str] = 
     if task is not None and model_task is not None and task != model_task:
         what = "a text classifier" if model_task == "classify" else "a tagger"
         raise DistillError(f"{model}: is {what} (task {model_task!r}); --task {task} does not apply")
+    if task == "tag" and dataset in TEXT_DATASETS:
+        raise DistillError(f"--dataset {dataset} is a text classification dataset; --task tag does not apply")
     return task or model_task or ("classify" if dataset in TEXT_DATASETS else "tag")
 
 

@@ -9,7 +9,8 @@ import typer
 
 from distill.cli import app
 from distill.cli.common import (DEFAULT_DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV, MAX_TEST, MAX_TRAIN, TAGS_FILE,
-                                TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs, quiet_libraries)
+                                TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs, quiet_libraries, resolve_task, task_option,
+                                text_dataset_kwargs)
 from distill.errors import DistillError
 
 THREADS = typer.Option(None, "--threads", help="Threads for every model (torch and ONNX Runtime); default: the CPU's cores.")
@@ -62,7 +63,10 @@ def run_cmd(
     run_dir: Path = typer.Argument(..., help="Run folder: every model and the report go here."),
     profile: str = typer.Option("quick", "--profile", help="quick (about 20 min on a 2-core CPU) | cpu (8,000 sentences, about 1.5 h) | full (all data; for a GPU)."),
     backbone: Optional[str] = typer.Option(None, help="Teacher encoder: e5-small (default) | minilm-l6 | a local folder | a hub id."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset name (default msra)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset name (default msra; sentiment: "
+                                          "text classification)."),
+    task: Optional[str] = task_option("classify for --dataset sentiment, else tag; classify without --train runs on "
+                                      "sentiment"),
     train: Optional[Path] = TRAIN, dev: Optional[Path] = DEV, test: Optional[Path] = TEST, fmt: str = FORMAT,
     max_train: Optional[int] = MAX_TRAIN, max_dev: Optional[int] = MAX_DEV, max_test: Optional[int] = MAX_TEST,
     tags_file: Optional[Path] = TAGS_FILE, dev_tags_file: Optional[Path] = DEV_TAGS_FILE,
@@ -75,6 +79,10 @@ def run_cmd(
     from distill.pipeline import run_pipeline
 
     data = _dataset(dataset, train, dev, test, fmt, tags_file, dev_tags_file, test_tags_file, max_train, max_dev, max_test)
+    if resolve_task(task, dataset or DEFAULT_DATASET) == "classify":
+        data = text_dataset_kwargs(dataset or DEFAULT_DATASET, train, dev, test, fmt, max_train, max_dev, max_test,
+                                   tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
+        data = {k: v for k, v in data.items() if v is not None}  # the profile's caps stay unless given
     run_pipeline(run_dir=run_dir, profile=profile, backbone=backbone, threads=threads, quiet=quiet, dataset=data)
     if not Path(run_dir, "report", "report.json").exists():
         raise DistillError(f"{run_dir}: the pipeline finished without a report")
