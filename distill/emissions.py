@@ -188,7 +188,7 @@ def emit(*, model: str | Path, dataset: dict, out: str | Path | None = None, bat
     """
     from distill.data import load_dataset
     from distill.progress import progress_bar
-    from distill.train import process_state
+    from distill.processes import process_state
 
     state = process_state()
     teacher = _load_teacher(model)
@@ -216,7 +216,7 @@ def emit_text(*, model: str | Path, corpus: Corpus, out: str | Path | None = Non
     """
     from distill.data import without_tags
     from distill.progress import progress_bar
-    from distill.train import process_state
+    from distill.processes import process_state
 
     state = process_state()
     teacher = _load_teacher(model)

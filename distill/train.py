@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import signal
@@ -51,6 +50,7 @@ from distill.errors import DistillError
 from distill.evaluate import evaluate
 from distill.features import CACHE_MIN_SENTENCES, Piece, bucket_batches, make_pieces, padding_waste
 from distill.fileio import atomic_path, write_json
+from distill.processes import accelerator, agree, broadcast, gather, to_device, use_fast_matmul
 from distill.progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
@@ -127,70 +127,6 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
 
 
 # ---------------------------------------------------------------------------
-# Processes (Accelerate)
-
-
-def accelerator(**kwargs):
-    """The Accelerator for this process; refuses a multi-process launch it cannot join.
-
-    ``accelerate launch --multi_gpu`` on a machine without GPUs starts N processes that
-    each see one process: they would train N copies into the same folder.
-    """
-    from accelerate import Accelerator
-
-    acc = Accelerator(**kwargs)
-    _check_world(acc.num_processes)
-    return acc
-
-
-def use_fast_matmul(device) -> None:
-    """TF32 matrix products on a CUDA GPU (what transformers' Trainer calls ``tf32``): several
-    times faster fp32 training on Ampere and later, with a 10-bit mantissa in the products."""
-    if torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def process_state():
-    """Accelerate's process facts (rank, world size, device) without an Accelerator."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
-    _check_world(state.num_processes)
-    return state
-
-
-def _check_world(num_processes: int) -> None:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and num_processes != world:
-        raise DistillError(
-            f"launched as {world} processes but Accelerate joined {num_processes}: no GPU for them; "
-            f"for CPU processes set ACCELERATE_USE_CPU=1 before `accelerate launch`")
-
-
-def _agree(acc, *values: float) -> list[float]:
-    """Sum a few numbers over all processes (one all-reduce); on one process, return them."""
-    if acc.num_processes == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=acc.device)
-    return acc.reduce(t, reduction="sum").tolist()
-
-
-def _broadcast(acc, obj):
-    """The main process's ``obj`` on every process."""
-    if acc.num_processes == 1:
-        return obj
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([obj])[0]
-
-
-def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-# ---------------------------------------------------------------------------
 # Signals and checkpoints
 
 
@@ -244,11 +180,7 @@ def _set_rng_state(state: dict) -> None:
 def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, acc=None, extra: dict | None = None) -> None:
     """Write the checkpoint atomically from the main process (every process must call
     this: their RNG states are gathered into it)."""
-    rngs = [_rng_state()]
-    if acc is not None and acc.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        rngs = gather_object(rngs)
+    rngs = gather(acc, _rng_state())
     if acc is None or acc.is_main_process:
         with atomic_path(path) as tmp:
             torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -297,7 +229,7 @@ def _resume_state(ckpt_path: Path, acc, cfg: TrainConfig, data_fingerprint: str,
                 ckpt = load_checkpoint(ckpt_path)
             except DistillError as e:
                 ckpt = e
-    ckpt = _broadcast(acc, ckpt)
+    ckpt = broadcast(acc, ckpt)
     if isinstance(ckpt, DistillError):
         raise ckpt
     saved = ckpt.get("config", {})
@@ -447,7 +379,7 @@ def train(
             epoch_t0 = time.time()
             for b in range(state["step_in_epoch"], len(batches)):
                 due = main and bool(cfg.checkpoint_minutes) and time.time() - last_ckpt > cfg.checkpoint_minutes * 60
-                stop, due = _agree(acc, float(bool(flag.stop)), float(due))
+                stop, due = agree(acc, float(bool(flag.stop)), float(due))
                 if stop:
                     state["train_seconds"] += time.time() - epoch_t0
                     checkpoint()
@@ -464,14 +396,14 @@ def train(
                 batch = collate(chosen)
                 if mixer is not None:
                     batch["gold"] = torch.tensor([p.sentence < len(train_corpus) for p in chosen])
-                batch = _to_device(batch, acc.device)
+                batch = to_device(batch, acc.device)
                 out = ddp_model(batch)
                 loss, parts = loss_fn(model, out, batch)
                 share = sum(lengths[i] for i in mine) / n_words if P > 1 else 1.0  # of the batch's words
                 if P > 1:  # DDP averages the gradients over P
                     loss = loss * (P * share)
                 keys = sorted(parts)
-                total_loss, *part_values = _agree(acc, loss.item(), *(float(parts[k]) * share for k in keys))
+                total_loss, *part_values = agree(acc, loss.item(), *(float(parts[k]) * share for k in keys))
                 if not math.isfinite(total_loss):
                     raise DistillError(
                         f"loss is {total_loss} at epoch {epoch + 1}, step {b + 1} (global step {state['global_step'] + 1}); "
@@ -503,7 +435,7 @@ def train(
             state["train_seconds"] += time.time() - epoch_t0
             model.eval()
             dev = _plain(evaluate(model, dev_corpus) if score_dev is None else score_dev(model)) if main else None
-            dev = _broadcast(acc, dev)
+            dev = broadcast(acc, dev)
             n = max(1.0, sums.get("n", 0.0))
             scores = ({"dev_f1": dev["f1"], "dev_precision": dev["precision"], "dev_recall": dev["recall"]}
                       if score_dev is None else

@@ -33,7 +33,8 @@ from distill.errors import DataError, DistillError
 from distill.features import bucket_batches, make_pieces
 from distill.fileio import atomic_dir, atomic_path, stamp, write_json
 from distill.progress import progress_bar
-from distill.train import _StopFlag, process_state, use_fast_matmul
+from distill.processes import process_state, use_fast_matmul
+from distill.train import _StopFlag
 from teachers.backbones import resolve_backbone
 from teachers.bert_crf import BertTagger, _offline_kwargs, extend_vocabulary, load_tokenizer, unk_rate
 

@@ -109,7 +109,7 @@ def test_two_cpu_processes_train_and_emit_like_one(tmp_path, backbone_without_dr
 def test_a_launch_that_cannot_join_is_refused(monkeypatch):
     """``accelerate launch --multi_gpu`` without GPUs (and without ACCELERATE_USE_CPU) would
     start independent copies writing one folder; each refuses instead."""
-    from distill.train import accelerator, process_state
+    from distill.processes import accelerator, process_state
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     for make in (accelerator, process_state):
