@@ -39,9 +39,6 @@ from distill.train import TrainConfig
 if TYPE_CHECKING:
     from teachers.adapt import AdaptConfig
 
-QUANTIZE_METHODS = ("int8", "onnx", "onnx-int8", "bnb8", "fp16")
-GPU_METHODS = ("bnb8", "fp16")
-PRUNE_METHODS = ("magnitude", "heads")
 STUDENTS = ("bilstm-crf", "bilstm-crf-kd", "bert-small", "bert-small-kd")
 
 
@@ -99,14 +96,23 @@ class Profile:
         for src in self.quantize:
             if src not in ("teacher",) + STUDENTS:
                 raise ValueError(f"cannot quantize {src!r}; expected teacher or one of {', '.join(STUDENTS)}")
-        for m in tuple(self.quantize_methods) + tuple(self.gpu_methods):
-            if m not in QUANTIZE_METHODS:
-                raise ValueError(f"unknown quantization method {m!r}; expected one of {', '.join(QUANTIZE_METHODS)}")
+        check_methods(tuple(self.quantize_methods) + tuple(self.gpu_methods))
+        from quantize.prune import PRUNE_METHODS
+
         for method, sparsity in self.prune:
             if method not in PRUNE_METHODS:
                 raise ValueError(f"unknown pruning method {method!r}; expected one of {', '.join(PRUNE_METHODS)}")
             if not 0 < sparsity < 1:
                 raise ValueError(f"pruning sparsity must be in (0, 1), got {sparsity}")
+
+
+def check_methods(methods) -> None:
+    """Each name must be a method of :data:`quantize.api.QUANTIZE_METHODS` (the one registry)."""
+    from quantize.api import QUANTIZE_METHODS
+
+    for m in methods:
+        if m not in QUANTIZE_METHODS:
+            raise ValueError(f"unknown quantization method {m!r}; expected one of {', '.join(QUANTIZE_METHODS)}")
 
 
 def e5_teacher_config(**overrides) -> TrainConfig:
@@ -197,6 +203,9 @@ class Step:
     run: Callable[[bool], Any]  # run(resume)
     trains: bool = False  # a training step: resumable from OUT.work/checkpoint.pt
     required: bool = True  # a failure stops the pipeline (else it is reported and the rest goes on)
+    # whether ``output`` was made with these params outside the pipeline (by hand); such an
+    # output is adopted when its training finished, and resumed when it did not
+    made_with: Callable[[dict], bool] | None = None
 
 
 def _saved(folder: Path) -> str | None:
@@ -234,11 +243,11 @@ def _training_finished(out: Path) -> bool | None:
     ckpt = out.with_name(out.name + ".work") / "checkpoint.pt"
     if not ckpt.exists():
         return None
-    import torch
+    from distill.train import load_checkpoint
 
     try:
-        return bool(torch.load(ckpt, map_location="cpu", weights_only=False)["state"].get("done"))
-    except Exception:  # noqa: BLE001 — an unreadable checkpoint cannot be resumed either
+        return bool(load_checkpoint(ckpt)["state"].get("done"))
+    except DistillError:  # an unreadable checkpoint cannot be resumed either
         return False
 
 
@@ -250,7 +259,8 @@ def _clock(seconds: float) -> str:
 def normalise_dataset(dataset: dict | None, profile: Profile) -> tuple[dict, dict]:
     """The training data kwargs (no test cap, so the report's test size never retrains anything)
     and the report's data kwargs, with the profile's caps unless ``dataset`` sets them."""
-    base = {"name": "msra", "train": None, "dev": None, "test": None, "fmt": "auto",
+    name = "sentiment" if (dataset or {}).get("task") == "classify" else "msra"
+    base = {"name": name, "train": None, "dev": None, "test": None, "fmt": "auto",
             "max_train": profile.max_train, "max_dev": profile.max_dev, "max_test": profile.max_test}
     base.update({k: (str(v) if isinstance(v, Path) else v) for k, v in (dataset or {}).items()})
     return dict(base, max_test=None), base
@@ -285,7 +295,7 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
                           adapted, "adapt.json", lambda: _plain({
                               "backbone": backbone, "dataset": train_ds,
                               "config": {k: v for k, v in asdict(adapt_cfg).items() if k != "checkpoint_every"}}),
-                          run_adapt, trains=True))
+                          run_adapt, trains=True, made_with=lambda params: _adapted_matches(adapted, params)))
     teacher_backbone = str(adapted) if adapt else backbone
 
     def run_teacher(resume: bool):
@@ -301,7 +311,7 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
                               backbone_finished=adapted_stamp(adapted) if adapt else None)
 
     steps.append(Step("teacher", "teacher (BERT-CRF)", teacher, "distill.json", params_of_teacher, run_teacher,
-                      trains=True))
+                      trains=True, made_with=lambda params: _teacher_params_match(teacher, params)))
 
     def run_emit(resume: bool):
         from distill.emissions import emit
@@ -347,19 +357,7 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
                           trains=True))
 
     methods = list(profile.quantize_methods) + (list(profile.gpu_methods) if cuda else [])
-    for src in profile.quantize:
-        for method in methods:
-            source, out = run_dir / src, run_dir / f"{src}-{method}"
-
-            def run_quantize(resume: bool, source=source, out=out, method=method):
-                from quantize.api import quantize
-
-                return quantize(method=method, model=source, out=out, dataset=train_ds, quiet=quiet)
-
-            steps.append(Step(out.name, f"quantize {src} ({method})", out, "distill.json",
-                              lambda source=source, method=method: _plain(
-                                  {"source": source.name, "source_saved": _saved(source), "method": method}),
-                              run_quantize, required=False))
+    steps += quantize_steps(run_dir, profile.quantize, methods, train_ds, quiet)
 
     for method, sparsity in profile.prune:
         out = run_dir / f"teacher-{'prune' if method == 'magnitude' else 'heads'}{round(sparsity * 100)}"
@@ -376,22 +374,46 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
                                "sparsity": sparsity, "finetune_epochs": 0, "dataset": train_ds}),
                           run_prune, required=False))
 
+    steps.append(report_step(run_dir, report_ds, threads, profile.latency_sentences, quiet))
+    return steps
+
+
+def quantize_steps(run_dir: Path, sources, methods, train_ds: dict, quiet: bool) -> list[Step]:
+    """One optional step per (model, method): ``RUN_DIR/<model>-<method>`` (taggers or classifiers)."""
+    steps = []
+    for src in sources:
+        for method in methods:
+            source, out = run_dir / src, run_dir / f"{src}-{method}"
+
+            def run_quantize(resume: bool, source=source, out=out, method=method):
+                from quantize.api import quantize
+
+                return quantize(method=method, model=source, out=out, dataset=train_ds, quiet=quiet)
+
+            steps.append(Step(out.name, f"quantize {src} ({method})", out, "distill.json",
+                              lambda source=source, method=method: _plain(
+                                  {"source": source.name, "source_saved": _saved(source), "method": method}),
+                              run_quantize, required=False))
+    return steps
+
+
+def report_step(run_dir: Path, report_ds: dict, threads: int | None, latency_sentences: int, quiet: bool) -> Step:
+    """The comparison report over every model folder in ``run_dir``."""
     def report_params():
         from distill.bench import default_threads
         from distill.report import find_models
 
         models = {e.name: _saved(e.folder) for e in find_models(run_dir, exclude=[run_dir / "report"])}
         return _plain({"models": models, "dataset": report_ds, "threads": threads or default_threads(),
-                       "latency_sentences": profile.latency_sentences})
+                       "latency_sentences": latency_sentences})
 
     def run_report(resume: bool):
         from distill.report import make_report
 
-        return make_report(run_dir=run_dir, dataset=report_ds, threads=threads,
-                           latency_sentences=profile.latency_sentences, quiet=quiet)
+        return make_report(run_dir=run_dir, dataset=report_ds, threads=threads, latency_sentences=latency_sentences,
+                           quiet=quiet)
 
-    steps.append(Step("report", "comparison report", run_dir / "report", "report.json", report_params, run_report))
-    return steps
+    return Step("report", "comparison report", run_dir / "report", "report.json", report_params, run_report)
 
 
 def run_pipeline(*, run_dir: str | Path, profile: str | Profile = "quick", dataset: dict | None = None,
@@ -399,7 +421,9 @@ def run_pipeline(*, run_dir: str | Path, profile: str | Profile = "quick", datas
     """Run every step not already done into ``run_dir``; returns one record per step.
 
     ``profile``: a name in :data:`PROFILES` or a :class:`Profile`; ``dataset``: kwargs of
-    :func:`distill.data.load_dataset` overriding the profile's (default: built-in msra);
+    :func:`distill.data.load_dataset` overriding the profile's (default: built-in msra); a text
+    classification dataset (built-in ``sentiment``, or ``"task": "classify"``) runs
+    :func:`distill.pipeline_classify.plan_classify` with the profile of that name there;
     ``backbone``: the teacher's encoder (default: bundled MiniLM). Raises DistillError
     when a step fails; a failed quantization or pruning step is reported after the
     report has been written.
@@ -407,20 +431,35 @@ def run_pipeline(*, run_dir: str | Path, profile: str | Profile = "quick", datas
     import torch
     from rich.console import Console
 
-    prof = get_profile(profile) if isinstance(profile, str) else profile
+    from distill.textdata import is_text_dataset
+
+    classify = is_text_dataset(dataset or {})
+    if isinstance(profile, str):
+        from distill.pipeline_classify import get_classify_profile
+
+        prof = get_classify_profile(profile) if classify else get_profile(profile)
+    else:
+        prof = profile
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise DistillError(f"{run_dir}: is a file, expected a run folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     train_ds, report_ds = normalise_dataset(dataset, prof)
     cuda = torch.cuda.is_available()
-    adapt = prof.adapt is not None and extends_vocabulary(backbone, train_ds)
-    steps = plan(run_dir=run_dir, profile=prof, train_ds=train_ds, report_ds=report_ds, backbone=backbone,
-                 cuda=cuda, threads=threads, quiet=quiet, adapt=adapt)
+    adapt = getattr(prof, "adapt", None) is not None and extends_vocabulary(backbone, train_ds)
+    if classify:
+        from distill.pipeline_classify import plan_classify
+
+        steps = plan_classify(run_dir=run_dir, profile=prof, train_ds=train_ds, report_ds=report_ds,
+                              backbone=backbone, cuda=cuda, threads=threads, quiet=quiet)
+    else:
+        steps = plan(run_dir=run_dir, profile=prof, train_ds=train_ds, report_ds=report_ds, backbone=backbone,
+                     cuda=cuda, threads=threads, quiet=quiet, adapt=adapt)
     write_json(run_dir / "profile.json", {
+        "task": "classify" if classify else "tag",
         "profile": asdict(prof), "dataset": train_ds, "report_dataset": report_ds, "backbone": backbone,
         "cuda": cuda, "gpu_methods": list(prof.gpu_methods) if cuda else "skipped: no CUDA GPU",
-        "adapt": adapt if prof.adapt is not None else "off in this profile",
+        "adapt": adapt if getattr(prof, "adapt", None) is not None else "off in this profile",
         "steps": [s.name for s in steps]})
     console = Console(stderr=True, quiet=quiet)
     records = StepRecords(run_dir)
@@ -428,16 +467,14 @@ def run_pipeline(*, run_dir: str | Path, profile: str | Profile = "quick", datas
     for i, step in enumerate(steps, 1):
         console.print(f"[bold cyan]step {i}/{len(steps)}[/]: {step.title}")
         params = step.params()
-        if step.name == "teacher" and not records.is_done(step, params):
-            _adopt_teacher(step, params, records, console)
-        if step.name == "adapt" and not records.is_done(step, params):
-            _adopt_adapted(step, params, records, console)
+        if step.made_with and not records.is_done(step, params):
+            _adopt(step, params, records, console)
         if records.is_done(step, params):
             console.print("  skipped: already done with these settings")
             summary.append({"step": step.name, "status": "skipped"})
             continue
         resume = step.trains and (records.read(step.name).get("params") == params or (
-            step.name == "teacher" and _teacher_params_match(step.output, params))) \
+            step.made_with is not None and step.made_with(params))) \
             and _training_finished(step.output) is False
         if resume:
             console.print("  resuming from the checkpoint")
@@ -498,12 +535,13 @@ def _teacher_params_match(folder: Path, params: dict) -> bool:
     return _plain(rec) == want and _plain(rec_cfg) == _plain({k: v for k, v in want_cfg.items() if k not in BOOKKEEPING})
 
 
-def _adopt_teacher(step: Step, params: dict, records: StepRecords, console) -> None:
-    """Take over a teacher trained by hand with the same settings (and finished) as this step's output."""
-    if _teacher_params_match(step.output, params) and _training_finished(step.output) is not False:
+def _adopt(step: Step, params: dict, records: StepRecords, console) -> None:
+    """Take over an output made by hand with this step's settings (a teacher trained or a backbone
+    adapted with `distill teacher ...`), when its training finished."""
+    if step.made_with(params) and _training_finished(step.output) is not False:
         records.write(step.name, {"params": params, "status": "done", "adopted": True,
                                   "output_saved": _saved(step.output)})
-        console.print(f"  using the teacher already trained in {step.output} (same settings)")
+        console.print(f"  using the {step.name} output already made in {step.output} (same settings)")
 
 
 def _adapted_matches(folder: Path, params: dict) -> bool:
@@ -520,10 +558,3 @@ def _adapted_matches(folder: Path, params: dict) -> bool:
         return same and info["text"]["fingerprint"] == load_dataset(**params["dataset"]).train.fingerprint()
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return False
-
-
-def _adopt_adapted(step: Step, params: dict, records: StepRecords, console) -> None:
-    """Take over a backbone adapted by hand (`distill teacher adapt --out RUN/backbone-adapted`) with these settings."""
-    if _adapted_matches(step.output, params):
-        records.write(step.name, {"params": params, "status": "done", "adopted": True})
-        console.print(f"  using the backbone already adapted in {step.output} (same settings)")

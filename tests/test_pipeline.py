@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from distill.cli import app
 from distill.errors import DistillError
-from distill.pipeline import PROFILES, Profile, StepRecords, _adopt_teacher, get_profile, plan, run_pipeline
+from distill.pipeline import PROFILES, Profile, StepRecords, _adopt, get_profile, plan, run_pipeline
 from distill.train import TrainConfig
 
 runner = CliRunner()
@@ -152,7 +152,7 @@ def test_hand_trained_teacher_with_the_same_settings_is_reused(tmp_path, tiny_ba
     records = StepRecords(tmp_path)
     other = tiny_profile(teacher=dataclasses.replace(profile.teacher, seed=14))
     step = teacher_step(other)
-    _adopt_teacher(step, step.params(), records, console=_Silent())
+    _adopt(step, step.params(), records, console=_Silent())
     assert not records.is_done(step, step.params())
     step = teacher_step(profile)
     # a teacher trained before TrainConfig grew a field, with another checkpoint frequency: the same settings
@@ -160,7 +160,7 @@ def test_hand_trained_teacher_with_the_same_settings_is_reused(tmp_path, tiny_ba
     del info["meta"]["params"]["train_config"]["checkpoint_every"]
     info["meta"]["params"]["train_config"]["checkpoint_minutes"] = 30.0
     (tmp_path / "teacher" / "distill.json").write_text(json.dumps(info), encoding="utf-8")
-    _adopt_teacher(step, step.params(), records, console=_Silent())
+    _adopt(step, step.params(), records, console=_Silent())
     assert records.is_done(step, step.params())
     assert records.read("teacher")["adopted"] is True
 
