@@ -1,0 +1,171 @@
+"""``distill run`` for text classification: the same resumable steps as for tagging
+(:mod:`distill.pipeline` runs them), planned for classifier folders. Layout::
+
+    RUN_DIR/teacher                         the BERT classifier (e5-small by default)
+    RUN_DIR/bilstm, bilstm-kd, bert-small, bert-small-kd
+                                            students: gold labels only, and distilled
+                                            (alpha * CE + (1 - alpha) * T^2 * KL over logits,
+                                            transfer texts with the KD term alone)
+    RUN_DIR/bilstm-kd-labelled              the distilled BiLSTM without the transfer set
+    RUN_DIR/<model>-int8, <model>-onnx-int8 compressed forms
+    RUN_DIR/report
+
+The built-in dataset ``sentiment`` (or ``--task classify`` with a user's files) selects this
+plan; the profile of the same name sets its sizes (:data:`CLASSIFY_PROFILES`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from distill.errors import DistillError
+from distill.train import TrainConfig
+
+STUDENTS = ("bilstm", "bilstm-kd", "bert-small", "bert-small-kd")
+
+
+def _student_config(arch: str, **overrides) -> TrainConfig:
+    from students.classify import default_classifier_train_config
+
+    return default_classifier_train_config(arch, **overrides)
+
+
+def classifier_teacher_config(**overrides) -> TrainConfig:
+    """The e5-small classifier recipe: 3 epochs, batch 32, encoder 1e-4, head 1e-3, 6% warmup
+    then linear decay, early stopping on dev macro-F1 (chosen on dev; README's sentiment section)."""
+    return TrainConfig(**dict(dict(epochs=3, lr=1e-4, head_lr=1e-3, patience=2), **overrides))
+
+
+@dataclass
+class ClassifyProfile:
+    """How much the classification pipeline does. ``max_*`` cap the data (None: all of it)."""
+
+    name: str
+    max_train: int | None = None
+    max_dev: int | None = None
+    max_test: int | None = None
+    teacher: TrainConfig = field(default_factory=classifier_teacher_config)
+    max_length: int = 256  # sub-tokens the teacher reads: longer reviews keep their head and tail
+    bilstm: TrainConfig = field(default_factory=lambda: _student_config("bilstm"))
+    bert_small: TrainConfig = field(default_factory=lambda: _student_config("bert-small"))
+    student_layers: int = 3
+    alpha: float = 0.5
+    temperature: float = 1.0
+    # the built-in data's train texts outside max_train, labels dropped (`sentiment:unlabelled[:N]`)
+    transfer: tuple[str, ...] = ("sentiment:unlabelled",)
+    transfer_ratio: float | None = None  # transfer texts per labelled one per epoch (None: all, once)
+    kd_without_transfer: bool = True  # also bilstm-kd-labelled: what the transfer set adds
+    quantize: tuple[str, ...] = ("teacher", "bilstm-kd", "bert-small-kd")
+    quantize_methods: tuple[str, ...] = ("int8", "onnx-int8")
+    gpu_methods: tuple[str, ...] = ("fp16", "bnb8")
+    latency_sentences: int = 300
+
+    def __post_init__(self):
+        for name in ("max_train", "max_dev", "max_test"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {v}")
+        if not 0 <= self.alpha < 1:
+            raise ValueError(f"alpha of the distilled students must be in [0, 1), got {self.alpha}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for src in self.quantize:
+            if src not in ("teacher",) + STUDENTS:
+                raise ValueError(f"cannot quantize {src!r}; expected teacher or one of {', '.join(STUDENTS)}")
+        from distill.pipeline import check_methods
+
+        check_methods(tuple(self.quantize_methods) + tuple(self.gpu_methods))
+
+
+def quick_profile() -> ClassifyProfile:
+    """A few minutes on a 2-core CPU: 1,000 labelled reviews, 3,000 transfer texts, 1,000 test reviews."""
+    return ClassifyProfile(name="quick", max_train=1000, max_dev=300, max_test=1000,
+                           teacher=classifier_teacher_config(epochs=2), max_length=128,
+                           transfer=("sentiment:unlabelled:3000",),
+                           bilstm=_student_config("bilstm", epochs=6),
+                           bert_small=_student_config("bert-small", epochs=1), latency_sentences=200)
+
+
+def cpu_profile() -> ClassifyProfile:
+    """The committed report (reports/sentiment-cpu): 2,000 labelled reviews and the rest of the
+    training split as transfer text, the full dev and test splits."""
+    return ClassifyProfile(name="cpu", max_train=2000)
+
+
+def full_profile() -> ClassifyProfile:
+    """Every training label, no transfer set (there is no unlabelled text left): for a GPU."""
+    return ClassifyProfile(name="full", transfer=(), kd_without_transfer=False,
+                           quantize=("teacher",) + STUDENTS, latency_sentences=500)
+
+
+CLASSIFY_PROFILES: dict[str, Callable[[], ClassifyProfile]] = {
+    "quick": quick_profile, "cpu": cpu_profile, "full": full_profile}
+
+
+def get_classify_profile(name: str) -> ClassifyProfile:
+    if name not in CLASSIFY_PROFILES:
+        raise DistillError(f"unknown profile {name!r}; expected one of {', '.join(CLASSIFY_PROFILES)}")
+    return CLASSIFY_PROFILES[name]()
+
+
+def plan_classify(*, run_dir: Path, profile: ClassifyProfile, train_ds: dict, report_ds: dict,
+                  backbone: str | None, cuda: bool, threads: int | None, quiet: bool) -> list:
+    """The classification pipeline's steps, in order (see the module docstring)."""
+    from distill.pipeline import Step, _config_key, _plain, _saved, quantize_steps, report_step
+
+    teacher = run_dir / "teacher"
+    steps: list[Step] = []
+
+    def run_teacher(resume: bool):
+        from teachers.train import train_classifier_teacher
+
+        return train_classifier_teacher(out=teacher, dataset=train_ds, backbone=backbone, train_config=profile.teacher,
+                                        max_length=profile.max_length, resume=resume, quiet=quiet)
+
+    steps.append(Step("teacher", "teacher (BERT classifier)", teacher, "distill.json",
+                      lambda: _plain({"task": "classify", "backbone": backbone, "dataset": train_ds,
+                                      "max_length": profile.max_length, "train_config": _config_key(profile.teacher)}),
+                      run_teacher, trains=True))
+
+    # the built-in transfer set is the training split outside the labelled budget: none without one
+    builtin = train_ds.get("train") is None and train_ds.get("name") == "sentiment"
+    transfer = list(profile.transfer) if builtin and train_ds.get("max_train") else []
+    names = list(STUDENTS)
+    if transfer and profile.kd_without_transfer:
+        names.insert(names.index("bilstm-kd") + 1, "bilstm-kd-labelled")
+    for name in names:
+        arch = "bert-small" if name.startswith("bert-small") else "bilstm"
+        alpha = profile.alpha if "-kd" in name else 1.0
+        cfg = profile.bert_small if arch == "bert-small" else profile.bilstm
+        out = run_dir / name
+        source = teacher if arch == "bert-small" or alpha < 1 else None  # gold labels alone: no teacher
+        extra = transfer if alpha < 1 and not name.endswith("-labelled") else []
+
+        def run_student(resume: bool, out=out, arch=arch, alpha=alpha, cfg=cfg, source=source, extra=extra):
+            from students.classify import train_classifier_student
+
+            return train_classifier_student(out=out, teacher=source, arch=arch, dataset=train_ds, alpha=alpha,
+                                            temperature=profile.temperature, num_layers=profile.student_layers,
+                                            transfer=extra or None,
+                                            transfer_ratio=profile.transfer_ratio if extra else None,
+                                            train_config=cfg, resume=resume, quiet=quiet)
+
+        def student_params(arch=arch, alpha=alpha, cfg=cfg, source=source, extra=extra):
+            return _plain({"task": "classify", "arch": arch, "alpha": alpha,
+                           "temperature": profile.temperature if alpha < 1 else None,
+                           "num_layers": profile.student_layers if arch == "bert-small" else None,
+                           "dataset": train_ds, "train_config": _config_key(cfg),
+                           "teacher_saved": _saved(source) if source else None,
+                           **({"transfer": extra, "transfer_ratio": profile.transfer_ratio} if extra else {})})
+
+        what = f"distilled, alpha {profile.alpha}, T {profile.temperature}" if alpha < 1 else "gold labels only"
+        what += f", transfer {'+'.join(extra)}" if extra else ""
+        steps.append(Step(name, f"student {name} ({what})", out, "distill.json", student_params, run_student,
+                          trains=True))
+
+    methods = list(profile.quantize_methods) + (list(profile.gpu_methods) if cuda else [])
+    steps += quantize_steps(run_dir, profile.quantize, methods, train_ds, quiet)
+    steps.append(report_step(run_dir, report_ds, threads, profile.latency_sentences, quiet))
+    return steps
