@@ -183,16 +183,6 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def teacher_params(*, backbone: str | None, dataset: dict, cfg: TrainConfig,
-                   backbone_finished: str | None = None) -> dict[str, Any]:
-    """The params :func:`teachers.train.train_teacher` records in meta for the pipeline's teacher
-    (``backbone_finished``: the stamp of an adapted backbone)."""
-    adapted = {"backbone_finished": backbone_finished} if backbone_finished else {}
-    return _plain({"backbone": backbone, **adapted, "head": "crf", "extend_vocab": True, "random_init": False,
-                   "num_layers": None, "freeze_layers": 0, "dropout": 0.1, "alignment": "auto", "prune_vocab": True, "max_length": 128,
-                   "dataset": dataset, "train_config": asdict(cfg)})
-
-
 @dataclass
 class Step:
     name: str  # the record's name in RUN_DIR/.steps, and the output folder's name for models
@@ -305,10 +295,9 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
                              train_config=profile.teacher, resume=resume, quiet=quiet)
 
     def params_of_teacher():
-        from teachers.adapt import adapted_stamp
+        from teachers.train import teacher_identity
 
-        return teacher_params(backbone=teacher_backbone, dataset=train_ds, cfg=profile.teacher,
-                              backbone_finished=adapted_stamp(adapted) if adapt else None)
+        return _plain(teacher_identity(backbone=teacher_backbone, dataset=train_ds, train_config=profile.teacher))
 
     steps.append(Step("teacher", "teacher (BERT-CRF)", teacher, "distill.json", params_of_teacher, run_teacher,
                       trains=True, made_with=lambda params: _teacher_params_match(teacher, params)))

@@ -21,6 +21,20 @@ def _adapted(backbone: str | None) -> dict[str, str]:
     return {"backbone_finished": stamp} if stamp else {}
 
 
+def teacher_identity(*, backbone: str | None, dataset: dict[str, Any], train_config: TrainConfig, head: str = "crf",
+                     extend_vocab: bool = True, random_init: bool = False, num_layers: int | None = None,
+                     freeze_layers: int = 0, dropout: float = 0.1, alignment: str = "auto", prune_vocab: bool = True,
+                     max_length: int = 128) -> dict[str, Any]:
+    """The settings that make a tagging teacher, as :func:`train_teacher` records them in its
+    folder's ``meta["params"]``: what the pipeline compares to reuse a teacher (one place, so a
+    changed default cannot silently stop reuse). An adapted backbone adds its ``finished`` stamp."""
+    return {"backbone": backbone, **_adapted(backbone), "head": head, "extend_vocab": extend_vocab,
+            "random_init": random_init, "num_layers": num_layers, "freeze_layers": freeze_layers, "dropout": dropout,
+            "alignment": alignment, "prune_vocab": prune_vocab, "max_length": max_length,
+            "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()},
+            "train_config": asdict(train_config)}
+
+
 def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = None, head: str = "crf",
                   extend_vocab: bool = True, random_init: bool = False, num_layers: int | None = None,
                   freeze_layers: int = 0, dropout: float = 0.1, max_length: int = 128,
@@ -51,11 +65,9 @@ def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = 
         print(f"vocabulary: {vocab['unk_rate_before']:.1%} of train tokens were [UNK]; added {vocab['added']} tokens"
               + (f" -> {vocab['unk_rate_after']:.1%} [UNK]" if vocab.get("added") else "")
               + (f"; pruned to {vocab['pruned']['kept']} of {vocab['pruned']['original']} pieces" if "pruned" in vocab else ""))
-    params = {"backbone": backbone, **_adapted(backbone), "head": head, "extend_vocab": extend_vocab, "random_init": random_init,
-              "num_layers": num_layers, "freeze_layers": freeze_layers, "dropout": dropout, "alignment": alignment,
-              "prune_vocab": prune_vocab,
-              "max_length": max_length, "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()},
-              "train_config": asdict(cfg)}
+    params = teacher_identity(backbone=backbone, dataset=dataset, train_config=cfg, head=head, extend_vocab=extend_vocab,
+                              random_init=random_init, num_layers=num_layers, freeze_layers=freeze_layers,
+                              dropout=dropout, alignment=alignment, prune_vocab=prune_vocab, max_length=max_length)
     return train(model, ds.train, ds.dev, out, cfg, resume=resume, quiet=quiet, extra_meta={"params": params})
 
 

@@ -175,7 +175,8 @@ def test_full_profile_reuses_a_teacher_from_distill_teacher_train(tmp_path, tiny
     records is what the full profile's teacher step wants."""
     import teachers.train
     from distill.data import load_dataset
-    from distill.pipeline import ADAPTED, _teacher_params_match, normalise_dataset, teacher_params
+    from distill.pipeline import ADAPTED, _plain, _teacher_params_match, normalise_dataset
+    from teachers.train import teacher_identity
 
     recorded = {}
 
@@ -201,16 +202,16 @@ def test_full_profile_reuses_a_teacher_from_distill_teacher_train(tmp_path, tiny
     folder.mkdir()
     (folder / "distill.json").write_text(json.dumps({"meta": {"params": recorded}}), encoding="utf-8")
     full = get_profile("full")
-    data = normalise_dataset(None, full)[0]
-    assert _teacher_params_match(folder, teacher_params(backbone=adapted, dataset=data, cfg=full.teacher,
-                                                        backbone_finished="2026-11-22T21:00:00"))
-    assert not _teacher_params_match(folder, teacher_params(backbone=adapted, dataset=data, cfg=full.teacher,
-                                                            backbone_finished="2026-11-22T23:00:00"))  # re-adapted
-    assert not _teacher_params_match(folder, teacher_params(backbone=None, dataset=normalise_dataset(None, full)[0],
-                                                            cfg=full.teacher))  # not adapted: another teacher
-    quick = get_profile("quick")  # capped data: not the same teacher
-    assert not _teacher_params_match(folder, teacher_params(backbone=adapted, dataset=normalise_dataset(None, quick)[0],
-                                                            cfg=quick.teacher))
+
+    def want(backbone, profile):  # what the pipeline's teacher step asks for
+        return _plain(teacher_identity(backbone=backbone, dataset=normalise_dataset(None, profile)[0],
+                                       train_config=profile.teacher))
+
+    assert _teacher_params_match(folder, want(adapted, full))
+    assert not _teacher_params_match(folder, want(None, full))  # not adapted: another teacher
+    assert not _teacher_params_match(folder, want(adapted, get_profile("quick")))  # capped data: not the same teacher
+    (tmp_path / ADAPTED / "adapt.json").write_text(json.dumps({"finished": "2026-11-22T23:00:00"}), encoding="utf-8")
+    assert not _teacher_params_match(folder, want(adapted, full))  # re-adapted
 
 
 def test_adapt_step_comes_first_when_the_vocabulary_is_extended(tmp_path, tiny_backbone, tiny_dataset_kwargs,
