@@ -35,8 +35,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,18 +43,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from distill.checkpoint import CHECKPOINT, StopFlag, plain, read_for_resume, remove_stale, save, set_rng_state, trim_log
+from distill.checkpoint import load as load_checkpoint  # noqa: F401  (callers read a run's checkpoint here)
 from distill.data import Corpus
 from distill.errors import DistillError
 from distill.evaluate import evaluate
 from distill.features import CACHE_MIN_SENTENCES, Piece, bucket_batches, make_pieces, padding_waste
 from distill.fileio import atomic_path, write_json
-from distill.processes import accelerator, agree, broadcast, gather, to_device, use_fast_matmul
+from distill.processes import accelerator, agree, broadcast, to_device, use_fast_matmul
 from distill.progress import progress_bar
 
-CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
 SUMMARY = "summary.json"
-CHECKPOINT_FORMAT = "distill-checkpoint/1"
 
 
 @dataclass
@@ -127,118 +125,20 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
 
 
 # ---------------------------------------------------------------------------
-# Signals and checkpoints
+# Resume
 
 
-class _StopFlag:
-    """Turns the first Ctrl-C (or SIGTERM, as a job scheduler sends) into a request to
-    stop at the next batch; a second Ctrl-C stops at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.stop: str | None = None
-        self._old: dict = {}
-
-    def __enter__(self):
-        def handler(signum, frame):
-            if self.stop:
-                raise KeyboardInterrupt
-            self.stop = signal.Signals(signum).name
-        for sig in self.SIGNALS:
-            try:
-                self._old[sig] = signal.signal(sig, handler)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _rng_state() -> dict:
-    """This process's random generators, as plain types (loadable with weights_only)."""
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, acc=None, extra: dict | None = None) -> None:
-    """Write the checkpoint atomically from the main process (every process must call
-    this: their RNG states are gathered into it)."""
-    rngs = gather(acc, _rng_state())
-    if acc is None or acc.is_main_process:
-        with atomic_path(path) as tmp:
-            torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "rng": rngs, "state": _plain(state), **(extra or {})}, tmp)
-    if acc is not None:
-        acc.wait_for_everyone()
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint; a truncated, foreign or unreadable file is refused in one line."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: zip, pickle or unpickling errors
-        raise DistillError(f"{path}: corrupt checkpoint ({type(e).__name__}); delete it to start over") from None
-    missing = [k for k in ("model", "optimizer", "scheduler", "rng", "state") if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise DistillError(f"{path}: not a distill checkpoint (missing {', '.join(missing)}); delete it to start over")
-    return ckpt
-
-
-def _plain(obj):
-    """JSON-clean copy: numpy scalars (seqeval returns them) become Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def _remove_stale(work: Path, out_dir: Path) -> None:
-    """Temporary files left by a killed run (atomic writes never renamed)."""
-    for p in list(work.glob(".*.tmp")) + list(out_dir.parent.glob(f".{out_dir.name}.*.tmp")):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def _resume_state(ckpt_path: Path, acc, cfg: TrainConfig, data_fingerprint: str, labels: list[str]) -> dict:
-    """The checkpoint on every process (read by the main one), checked against this run."""
-    ckpt = None
-    if acc.is_main_process:
-        if not ckpt_path.exists():
-            ckpt = DistillError(f"{ckpt_path}: no checkpoint to resume from; run without --resume to start")
-        else:
-            try:
-                ckpt = load_checkpoint(ckpt_path)
-            except DistillError as e:
-                ckpt = e
-    ckpt = broadcast(acc, ckpt)
-    if isinstance(ckpt, DistillError):
-        raise ckpt
+def _other_run(ckpt: dict, cfg: TrainConfig, identity: dict) -> str | None:
+    """Why a checkpoint cannot be resumed by this run (None: it can). Settings that only
+    change how long or how fast it trains (epochs, learning rates, max_steps) may change."""
     saved = ckpt.get("config", {})
-    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in ("batch_size", "seed") if k in saved and saved[k] != getattr(cfg, k)]
+    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in ("batch_size", "seed")
+               if k in saved and saved[k] != getattr(cfg, k)]
     if changed:
-        raise DistillError(f"{ckpt_path}: made with other settings ({'; '.join(changed)}); resume with the same ones")
-    if ckpt.get("labels", labels) != labels or ckpt.get("data", data_fingerprint) != data_fingerprint:
-        raise DistillError(f"{ckpt_path}: made for other training data or labels; start over without --resume")
-    return ckpt
+        return f"made with other settings ({'; '.join(changed)}); resume with the same ones"
+    if any(ckpt.get(k, identity[k]) != identity[k] for k in ("labels", "data")):
+        return "made for other training data or labels; start over without --resume"
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -342,9 +242,9 @@ def train(
              "bad_epochs": 0, "train_seconds": 0.0, "tokens_seen": 0, "epoch_sums": {}}
     if main:
         work.mkdir(parents=True, exist_ok=True)
-        _remove_stale(work, out_dir)
+        remove_stale(work, out_dir)
     if resume:
-        ckpt = _resume_state(ckpt_path, acc, cfg, identity["data"], identity["labels"])
+        ckpt = read_for_resume(ckpt_path, acc, lambda found: _other_run(found, cfg, identity))
         try:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -352,24 +252,21 @@ def train(
             raise DistillError(f"{ckpt_path}: does not fit this model ({str(e).splitlines()[0][:120]}); "
                                f"start over without --resume") from None
         scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"][min(rank, len(ckpt["rng"]) - 1)])
+        set_rng_state(ckpt["rng"][min(rank, len(ckpt["rng"]) - 1)])
         state = dict(state, **ckpt["state"])
         if state.get("done"):
             return _finish(state, out_dir, work, main)
-        if main and log_path.exists():  # drop records of epochs the checkpoint does not cover
-            lines = log_path.read_text(encoding="utf-8").splitlines()
-            kept = [l for l in lines if _epoch_of(l) is not None and _epoch_of(l) <= state["epoch"]]
-            with atomic_path(log_path) as tmp:
-                tmp.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
+        if main:  # drop records of epochs the checkpoint does not cover
+            trim_log(log_path, "epoch", state["epoch"])
     elif main and log_path.exists():
         log_path.unlink()
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, model, optimizer, scheduler, state, acc, identity)
+        save(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, state=state, acc=acc, extra=identity)
 
     last_ckpt = time.time()
     last_line = time.time()
-    with _StopFlag() as flag, progress_bar(disable=quiet or not main) as bar:
+    with StopFlag() as flag, progress_bar(disable=quiet or not main) as bar:
         while state["epoch"] < cfg.epochs and not (cfg.max_steps and state["global_step"] >= cfg.max_steps):
             epoch = state["epoch"]
             batches = _epoch_batches(lengths, mixer, epoch, cfg)
@@ -434,7 +331,7 @@ def train(
             bar.remove_task(task)
             state["train_seconds"] += time.time() - epoch_t0
             model.eval()
-            dev = _plain(evaluate(model, dev_corpus) if score_dev is None else score_dev(model)) if main else None
+            dev = plain(evaluate(model, dev_corpus) if score_dev is None else score_dev(model)) if main else None
             dev = broadcast(acc, dev)
             n = max(1.0, sums.get("n", 0.0))
             scores = ({"dev_f1": dev["f1"], "dev_precision": dev["precision"], "dev_recall": dev["recall"]}
@@ -495,20 +392,13 @@ def _epoch_batches(lengths: Sequence[int], mixer, epoch: int, cfg: TrainConfig) 
     return [[items[j] for j in b] for b in bucket_batches([lengths[i] for i in items], cfg.batch_size, seed=seed)]
 
 
-def _epoch_of(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["epoch"])
-    except (ValueError, KeyError, TypeError):
-        return None  # a line cut short by a killed run
-
-
 def _copy_log(log_path: Path, out_dir: Path) -> None:
     with atomic_path(out_dir / LOG) as tmp:
         tmp.write_bytes(log_path.read_bytes())
 
 
 def _finish(state: dict, out_dir: Path, work: Path, main: bool) -> dict[str, Any]:
-    summary = _plain({k: v for k, v in state.items() if k != "epoch_sums"})
+    summary = plain({k: v for k, v in state.items() if k != "epoch_sums"})
     summary.update(model=str(out_dir), checkpoint=str(work / CHECKPOINT))
     if main:
         write_json(work / SUMMARY, summary)
@@ -520,7 +410,7 @@ def _final_meta(extra_meta, cfg, state, corpus, featurize_s, lengths, processes,
         lengths = [lengths[i] for i in mixer.items(0)]
     batches = bucket_batches(lengths, cfg.batch_size, seed=cfg.seed)
     meta = dict(extra_meta or {})
-    meta["training"] = _plain({
+    meta["training"] = plain({
         "config": asdict(cfg), "best_epoch": state["best_epoch"], "best_dev_f1": state["best_f1"],
         "train_sentences": len(corpus), "transfer_sentences": 0 if mixer is None else len(mixer.counts),
         "transfer_sentences_per_epoch": 0 if mixer is None else mixer.per_epoch,

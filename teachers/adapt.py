@@ -28,13 +28,13 @@ from typing import Any, Collection, Sequence
 import torch
 import torch.nn.functional as F
 
+from distill.checkpoint import StopFlag
 from distill.data import Corpus, _read_lines, load_dataset, split_text
 from distill.errors import DataError, DistillError
 from distill.features import bucket_batches, make_pieces
 from distill.fileio import atomic_dir, atomic_path, stamp, write_json
 from distill.progress import progress_bar
 from distill.processes import process_state, use_fast_matmul
-from distill.train import _StopFlag
 from teachers.backbones import resolve_backbone
 from teachers.bert_crf import BertTagger, _offline_kwargs, extend_vocabulary, load_tokenizer, unk_rate
 
@@ -413,7 +413,7 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
               f"({vocab['unk_rate_before']:.1%} [UNK] before); {total} steps of {cfg.batch_size}")
 
     epoch_batches: dict[int, list[list[int]]] = {}
-    with _StopFlag() as flag, progress_bar(disable=quiet) as bar, open(log_path, "a", encoding="utf-8") as log:
+    with StopFlag() as flag, progress_bar(disable=quiet) as bar, open(log_path, "a", encoding="utf-8") as log:
         task = bar.add_task("adapt", total=total, completed=state["step"])
         recent: list[float] = []
         t0, cpu0 = time.time(), time.process_time()
