@@ -28,21 +28,21 @@ from typing import Any, Collection, Sequence
 import torch
 import torch.nn.functional as F
 
-from distill.checkpoint import StopFlag
+from distill import checkpoint
 from distill.data import Corpus, _read_lines, load_dataset, split_text
+from distill.engine import Engine, adamw, linear_schedule
 from distill.errors import DataError, DistillError
 from distill.features import bucket_batches, make_pieces
-from distill.fileio import atomic_dir, atomic_path, stamp, write_json
-from distill.progress import progress_bar
-from distill.processes import process_state, use_fast_matmul
+from distill.fileio import atomic_dir, stamp, write_json
+from distill.processes import accelerator, use_fast_matmul
 from teachers.backbones import resolve_backbone
 from teachers.bert_crf import BertTagger, _offline_kwargs, extend_vocabulary, load_tokenizer, unk_rate
 
 ADAPT_FILE = "adapt.json"
 HEAD_FILE = "mlm_head.safetensors"
 LOG = "adapt_log.jsonl"
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = "distill-adapt/1"
+CHECKPOINT = checkpoint.CHECKPOINT  # in OUT.work/, with the log
+OLD_FORMAT = "distill-adapt/1"  # checkpoints of the loop adapt had before the engine: refused on --resume
 IGNORE = -100  # label of positions that are not predicted
 
 
@@ -195,7 +195,7 @@ class _Featurizer:
 
 
 # ---------------------------------------------------------------------------
-# Model, optimizer, schedule
+# Model and parameter groups
 
 
 def load_mlm(source: str):
@@ -245,34 +245,6 @@ def group_params(model) -> list[tuple[str, Any]]:
     emb = model.get_input_embeddings().weight
     base = {id(p) for p in model.base_model.parameters()}
     return [("embeddings" if p is emb else "encoder" if id(p) in base else "head", p) for p in model.parameters()]
-
-
-def make_optimizer(model, cfg: AdaptConfig):
-    lrs = {"embeddings": cfg.embedding_lr, "encoder": cfg.lr, "head": cfg.head_lr}
-    groups: dict[str, dict] = {}
-    for g, p in group_params(model):
-        decay = cfg.weight_decay if p.ndim >= 2 else 0.0
-        groups.setdefault(f"{g}/{decay}", {"params": [], "lr": lrs[g], "weight_decay": decay, "name": g})["params"].append(p)
-    return torch.optim.AdamW(list(groups.values()))
-
-
-def make_schedule(optimizer, cfg: AdaptConfig, total: int):
-    """Per group: linear warmup over ``warmup`` of its steps, then linear decay to 0 at
-    ``total``. The encoder's steps start after the embeddings-only phase."""
-    def schedule(start: int):
-        warm = int(cfg.warmup * max(0, total - start))
-
-        def factor(step: int) -> float:
-            if step < start:
-                return 0.0
-            s = step - start
-            if s < warm:
-                return (s + 1) / max(1, warm)
-            return max(0.0, (total - step) / max(1, total - start - warm))
-        return factor
-
-    starts = {"embeddings": 0, "head": 0, "encoder": min(cfg.embeddings_only_steps, total)}
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule(starts[g["name"]]) for g in optimizer.param_groups])
 
 
 def set_embeddings_only(groups: list[tuple[str, Any]], on: bool) -> None:
@@ -342,8 +314,10 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
     if text is not None and dataset is not None:
         raise DistillError("give a text file or a dataset, not both")
     out = Path(out)
-    work = out.with_name(out.name + ".work")
-    ckpt_path, log_path = work / CHECKPOINT, work / LOG
+    acc = accelerator()
+    if acc.num_processes > 1:
+        raise DistillError("distill teacher adapt trains in one process; run it without `accelerate launch`")
+    use_fast_matmul(acc.device)
     t_start = time.time()
 
     # text
@@ -378,92 +352,41 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
     steps_per_epoch = math.ceil(len(pieces) / cfg.batch_size)
     total = cfg.steps or max(1, round((cfg.epochs or 1.0) * steps_per_epoch))
 
-    device = process_state().device  # a GPU when there is one (ACCELERATE_USE_CPU=1 keeps the CPU)
-    use_fast_matmul(device)
-    model.to(device)
+    # the engine: per-group learning rates, the encoder's schedule starting after the embeddings-only phase
     groups = group_params(model)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_schedule(optimizer, cfg, total)
+    lrs = {"embeddings": cfg.embedding_lr, "encoder": cfg.lr, "head": cfg.head_lr}
+    optimizer = adamw(groups, lrs, cfg.weight_decay)
+    scheduler = linear_schedule(optimizer, total, cfg.warmup, starts={"encoder": min(cfg.embeddings_only_steps, total)})
+
+    def make_batch(indices: Sequence[int], step: int) -> dict:
+        set_embeddings_only(groups, step < cfg.embeddings_only_steps)  # the step's phase, with its batch
+        rng = random.Random(cfg.seed * 1_000_003 + step)  # masks depend on the step only: resumable
+        return collate([pieces[i].feature for i in indices], rng, tokenizer, cfg.mask_prob)
+
+    def step_loss(net, batch: dict):
+        return mlm_loss(model, batch), {}
+
     run = {"backbone": source, "text_fingerprint": source_info["fingerprint"], "vocab_size": len(tokenizer),
            "total_steps": total, **{k: v for k, v in asdict(cfg).items() if k != "checkpoint_every"}}
-    state: dict[str, Any] = {"step": 0, "train_seconds": 0.0, "train_cpu_seconds": 0.0, "subtokens": 0, "run": run}
-    if resume:
-        if not ckpt_path.exists():
-            raise DistillError(f"{ckpt_path}: no checkpoint to resume from")
-        ckpt = load_checkpoint(ckpt_path)
-        before = ckpt["state"]["run"]
-        changed = [k for k in run if before.get(k) != run[k]]
-        if changed:
-            was = ", ".join(f"{k}={before.get(k)!r} (now {run[k]!r})" for k in changed)
-            raise DistillError(f"{ckpt_path}: was made with other options: {was}; "
-                               f"run with the same options or without --resume")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        random.setstate((ckpt["rng"]["python"][0], tuple(ckpt["rng"]["python"][1]), ckpt["rng"]["python"][2]))
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        state = ckpt["state"]
-        _truncate_log(log_path, state["step"])
-    else:
-        work.mkdir(parents=True, exist_ok=True)
-        log_path.unlink(missing_ok=True)
+    engine = Engine(model, optimizer, scheduler, acc=acc, out=out, log=LOG, make_batch=make_batch, loss=step_loss,
+                    units=[n + 2 for n in lengths], unit="sub-tokens", clip=cfg.clip,
+                    checkpoint_every=cfg.checkpoint_every, max_steps=total, identity={"run": run}, log_by="step")
+    engine.start(resume, lambda ckpt: _other_run(ckpt, run))
     if not quiet:
         print(f"adapt: {len(corpus)} sentences, {corpus.n_tokens()} tokens ({'characters' if corpus.char_level else 'words'}), "
               f"{len(pieces)} sequences; vocabulary +{vocab['added']} tokens "
               f"({vocab['unk_rate_before']:.1%} [UNK] before); {total} steps of {cfg.batch_size}")
-
-    epoch_batches: dict[int, list[list[int]]] = {}
-    with StopFlag() as flag, progress_bar(disable=quiet) as bar, open(log_path, "a", encoding="utf-8") as log:
-        task = bar.add_task("adapt", total=total, completed=state["step"])
-        recent: list[float] = []
-        t0, cpu0 = time.time(), time.process_time()
-        last_line, step0 = t0, state["step"]
-        while state["step"] < total:
-            step = state["step"]
-            if flag.stop:
-                state["train_seconds"] += time.time() - t0
-                state["train_cpu_seconds"] += time.process_time() - cpu0
-                save_checkpoint(ckpt_path, model, optimizer, scheduler, state)
-                raise DistillError(f"interrupted at step {step}/{total}; checkpoint saved to {ckpt_path}; "
-                                   f"run the same command with --resume to continue")
-            set_embeddings_only(groups, step < cfg.embeddings_only_steps)
-            epoch, b = divmod(step, steps_per_epoch)
-            if epoch not in epoch_batches:
-                epoch_batches = {epoch: bucket_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)}
-            rng = random.Random(cfg.seed * 1_000_003 + step)  # masks depend on the step only: resumable
-            batch = collate([pieces[i].feature for i in epoch_batches[epoch][b]], rng, tokenizer, cfg.mask_prob)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            model.train()
-            loss = mlm_loss(model, batch)
-            if not torch.isfinite(loss):
-                raise DistillError(f"MLM loss is {loss.item()} at step {step + 1}; try lower learning rates")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.clip)
-            optimizer.step()
-            scheduler.step()
-            state["step"] = step + 1
-            state["subtokens"] += int(batch["attention_mask"].sum())
-            log.write(json.dumps({"step": step + 1, "loss": round(loss.item(), 6)}) + "\n")
-            log.flush()
-            recent = (recent + [loss.item()])[-50:]
-            bar.update(task, advance=1, description=f"adapt loss {sum(recent) / len(recent):.4f}")
-            if not quiet and bar.disable and time.time() - last_line > 60:  # no live bar: a plain line a minute
-                last_line = time.time()
-                print(f"adapt step {state['step']}/{total} loss {sum(recent) / len(recent):.4f} "
-                      f"({(state['step'] - step0) / (last_line - t0):.2f} steps/s)", flush=True)
-            if state["step"] % cfg.checkpoint_every == 0 and state["step"] < total:
-                save_checkpoint(ckpt_path, model, optimizer, scheduler,
-                                dict(state, train_seconds=state["train_seconds"] + time.time() - t0,
-                                     train_cpu_seconds=state["train_cpu_seconds"] + time.process_time() - cpu0))
-        state["train_seconds"] += time.time() - t0
-        state["train_cpu_seconds"] += time.process_time() - cpu0
+    epochs = math.ceil(total / steps_per_epoch)
+    with engine.running(quiet):
+        while not engine.at_max_steps():
+            epoch = engine.state["epoch"]
+            engine.run_epoch(bucket_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch),
+                             f"adapt epoch {epoch + 1}/{epochs}")
     set_embeddings_only(groups, False)
-    state["done"] = True
-    save_checkpoint(ckpt_path, model, optimizer, scheduler, state)
+    engine.finish()
 
-    losses = [json.loads(line)["loss"] for line in log_path.read_text(encoding="utf-8").splitlines() if line]
+    state = engine.state
+    losses = [json.loads(line)["loss"] for line in engine.log_path.read_text(encoding="utf-8").splitlines() if line]
     summary = {
         "source_backbone": source, "mlm_head": head, "text": source_info, "vocabulary": vocab,
         "sequences": len(pieces), "steps": total, "epochs": round(total * cfg.batch_size / len(pieces), 3),
@@ -473,13 +396,29 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
         "train_seconds": round(state["train_seconds"], 1),
         "train_cpu_seconds": round(state["train_cpu_seconds"], 1),  # wall >> cpu x threads: a busy machine
         "steps_per_second": round(total / max(state["train_seconds"], 1e-9), 3),
-        "subtokens_per_second": round(state["subtokens"] / max(state["train_seconds"], 1e-9), 1),
-        "device": str(device), "torch_threads": torch.get_num_threads(),
+        "subtokens_per_second": round(state["tokens_seen"] / max(state["train_seconds"], 1e-9), 1),
+        "device": str(acc.device), "torch_threads": torch.get_num_threads(),
         "wall_seconds_this_call": round(time.time() - t_start, 1),
         "finished": stamp(),
     }
-    save_adapted(model, tokenizer, out, summary, log_path)
+    save_adapted(model, tokenizer, out, summary, engine.log_path)
     return summary
+
+
+def _other_run(ckpt: dict, run: dict) -> str | None:
+    """Why a checkpoint cannot be resumed by this adaptation (None: it can): any option that
+    makes the run (all but ``checkpoint_every``) must be the same."""
+    if ckpt.get("format") == OLD_FORMAT:
+        return "written by an older distill teacher adapt, whose checkpoints this one cannot continue; " \
+               "run without --resume to start over"
+    before = ckpt.get("run")
+    if not isinstance(before, dict):
+        return "not a checkpoint of distill teacher adapt; run without --resume to start over"
+    changed = [k for k in run if before.get(k) != run[k]]
+    if changed:
+        was = ", ".join(f"{k}={before.get(k)!r} (now {run[k]!r})" for k in changed)
+        return f"was made with other options: {was}; run with the same options or without --resume"
+    return None
 
 
 def adapted_stamp(backbone: str | Path | None) -> str | None:
@@ -507,33 +446,6 @@ def save_adapted(model, tokenizer, out: Path, summary: dict, log_path: Path | No
         if log_path is not None and log_path.exists():
             (tmp / LOG).write_bytes(log_path.read_bytes())
     return out
-
-
-def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> None:
-    """Everything a resumed run needs to continue exactly, written atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": state,
-                    "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}}, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign: zip, pickle or unpickling errors
-        raise DistillError(f"{path}: corrupt checkpoint ({type(e).__name__}); delete it to start over") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise DistillError(f"{path}: not a checkpoint of distill teacher adapt; delete it to start over")
-    return ckpt
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint (written before a hard kill)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
 def _mean(xs: Sequence[float]) -> float:

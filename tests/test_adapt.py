@@ -197,7 +197,7 @@ def test_resume_after_ctrl_c_continues_exactly(tmp_path, tiny_backbone, zh_text,
 
     out = tmp_path / "resumed"
     monkeypatch.setattr(adapt, "mlm_loss", interrupting_loss)
-    with pytest.raises(DistillError, match="interrupted at step 3/6"):
+    with pytest.raises(DistillError, match=r"interrupted \(SIGINT\) at epoch 1, step 3;"):
         _run(out, tiny_backbone, zh_text, steps=6, embeddings_only_steps=2)
     monkeypatch.setattr(adapt, "mlm_loss", real_loss)
     assert not out.exists() and (tmp_path / "resumed.work" / adapt.CHECKPOINT).exists()
@@ -224,6 +224,17 @@ def test_bad_options_are_user_errors(tmp_path, tiny_backbone, zh_text):
     with pytest.raises(DistillError, match="corrupt checkpoint"):
         _run(tmp_path / "x", tiny_backbone, zh_text, resume=True)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_checkpoint_of_the_loop_before_the_engine_is_refused_in_one_line(tmp_path, tiny_backbone, zh_text):
+    work = tmp_path / "old.work"
+    work.mkdir()
+    torch.save({"format": adapt.OLD_FORMAT, "model": {}, "optimizer": {}, "scheduler": {},
+                "state": {"step": 3, "run": {}}, "rng": {"python": [], "torch": torch.get_rng_state()}},
+               work / adapt.CHECKPOINT)
+    with pytest.raises(DistillError, match=r"^\S+old\.work/checkpoint\.pt: written by an older distill teacher adapt, "
+                                           r"[^\n]*; run without --resume to start over$"):
+        _run(tmp_path / "old", tiny_backbone, zh_text, resume=True)
 
 
 # --- CLI ----------------------------------------------------------------------
