@@ -2,8 +2,10 @@
 
 Setup (featurizing the training data, a transfer set mixed in, the optimizer over the
 model's parameter groups), then per epoch the engine's :meth:`~distill.engine.Engine.run_epoch`
-over length-bucketed batches and :func:`end_epoch`: the dev score, the epoch's log record,
-the best model folder so far, the checkpoint, early stopping. The loss is pluggable
+and :func:`end_epoch`: the dev score, the epoch's log record, the best model folder so far,
+the checkpoint, early stopping. Batches are bucketed by what the model pads
+(:func:`distill.features.piece_length`: sub-tokens for a BERT model, words for the BiLSTM),
+so a BERT batch's sentences have similar sub-token counts. The loss is pluggable
 (distillation passes its own), so nothing here branches on architecture. The optimizer
 steps, multi-process training, checkpoints, Ctrl-C and resume are
 :class:`distill.engine.Engine`'s; a resumed run continues bit-identically on CPU (same
@@ -39,7 +41,7 @@ from distill.data import Corpus
 from distill.engine import Engine, adamw, linear_schedule
 from distill.errors import DistillError
 from distill.evaluate import evaluate
-from distill.features import CACHE_MIN_SENTENCES, Piece, bucket_batches, make_pieces, padding_waste
+from distill.features import CACHE_MIN_SENTENCES, Piece, bucket_batches, make_pieces, padding_waste, piece_length
 from distill.fileio import atomic_path, write_json
 from distill.processes import accelerator, broadcast, use_fast_matmul
 
@@ -142,8 +144,9 @@ def train(
 
     For a task other than tagging: ``featurize(corpus) -> pieces`` replaces the tagger's
     featurizing of ``train_corpus`` and ``transfer`` (item ``sentence`` i of the corpus, with
-    ``n_words`` its length for batching, and its gold label in ``feature`` when the corpus
-    has one; the transfer corpus's unlabelled-ness is then its caller's to check), and
+    ``n_words`` its length for the loss's weighting, its gold label in ``feature`` when the
+    corpus has one, and the ``input_ids`` whose length batches are bucketed by; the transfer
+    corpus's unlabelled-ness is then its caller's to check), and
     ``score_dev(model) -> metrics`` replaces :func:`distill.evaluate.evaluate` on
     ``dev_corpus``: it must give ``f1`` (early stopping), ``precision`` and ``recall``, and
     every number it gives is logged as ``dev_<name>``. ``train_corpus`` and ``transfer``
@@ -160,7 +163,8 @@ def train(
     if extra_features is not None:
         extra_features(pieces)
     featurize_s = time.time() - t0
-    lengths = [p.n_words for p in pieces]
+    words = [p.n_words for p in pieces]  # what the loss is a mean over
+    padded = [piece_length(p) for p in pieces]  # what a batch pads (BERT: sub-tokens): batches are bucketed by it
     if collate is None:
         def collate(chosen: Sequence[Piece]) -> dict:
             return model.collate([p.feature for p in chosen])
@@ -179,7 +183,7 @@ def train(
     optimizer = make_optimizer(model, cfg)
     identity = {"config": asdict(cfg), "data": trained_on, "labels": list(model.labels), "processes": acc.num_processes}
     engine = Engine(model, optimizer, linear_schedule(optimizer, total_steps, cfg.warmup), acc=acc, out=out_dir,
-                    log=LOG, make_batch=make_batch, loss=step_loss, units=lengths, clip=cfg.clip,
+                    log=LOG, make_batch=make_batch, loss=step_loss, units=words, clip=cfg.clip,
                     checkpoint_every=cfg.checkpoint_every, checkpoint_minutes=cfg.checkpoint_minutes,
                     max_steps=cfg.max_steps, identity=identity)
     state = engine.state
@@ -195,14 +199,14 @@ def train(
         return {k: metrics[k] for k in ("f1", "precision", "recall")}
 
     def save_best() -> None:
-        model.save(out_dir, _final_meta(extra_meta, cfg, state, train_corpus, featurize_s, lengths, acc.num_processes,
+        model.save(out_dir, _final_meta(extra_meta, cfg, state, train_corpus, featurize_s, padded, acc.num_processes,
                                         mixer))
         _copy_log(engine.log_path, out_dir)
 
     with engine.running(quiet):
         while state["epoch"] < cfg.epochs and not engine.at_max_steps():
             epoch = state["epoch"]
-            sums = engine.run_epoch(_epoch_batches(lengths, mixer, epoch, cfg), f"epoch {epoch + 1}/{cfg.epochs}")
+            sums = engine.run_epoch(_epoch_batches(padded, mixer, epoch, cfg), f"epoch {epoch + 1}/{cfg.epochs}")
             if end_epoch(engine, sums, score, save_best, cfg.patience):
                 break
     engine.finish()

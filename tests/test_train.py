@@ -142,3 +142,23 @@ def test_new_run_removes_stale_temporary_files(make_model, tiny_ds, tmp_path):
     train(make_model(), tiny_ds.train, tiny_ds.dev, out, cfg(max_steps=1), quiet=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.xyz.tmp", "m", "m.work"]
     assert not list(work.glob(".*.tmp"))
+
+
+def test_batches_are_bucketed_by_what_the_model_pads(make_model, tiny_ds, tmp_path, monkeypatch):
+    """A BERT model pads sub-tokens, not words: the epoch's batches are bucketed by them."""
+    import distill.train as dt
+    from distill.features import make_pieces
+
+    seen = []
+    real = dt.bucket_batches
+
+    def spy(lengths, *args, **kwargs):
+        seen.append(list(lengths))
+        return real(lengths, *args, **kwargs)
+
+    monkeypatch.setattr(dt, "bucket_batches", spy)
+    model = make_model()
+    train(model, tiny_ds.train, tiny_ds.dev, tmp_path / "m", cfg(max_steps=1), quiet=True)
+    pieces = make_pieces(model, tiny_ds.train.tokens)
+    assert seen[0] == [len(p.feature["input_ids"]) for p in pieces]  # sub-tokens with [CLS] and [SEP]
+    assert seen[0] != [p.n_words for p in pieces]
