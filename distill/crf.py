@@ -17,7 +17,9 @@ once, vectorised over all steps:
 * Viterbi runs in NumPy, whose calls on arrays this small cost a fraction of
   torch's, and from both ends of the sentences at once (meet in the middle), so its
   loops take half the steps; the backtrace recomputes the one argmax it needs per
-  step instead of storing back-pointers.
+  step instead of storing back-pointers. One sentence (batch-1 inference) runs the
+  same passes with fewer calls (:func:`_viterbi_one`: back-pointers in one argmax
+  after the passes), and the decoding constants are kept between calls.
 * The forward-backward loops sort the batch by length, longest first, so the
   sentences still running at step t are a prefix of the batch: a step works on that
   prefix in place, and no ``torch.where`` carries finished sentences along.
@@ -157,12 +159,12 @@ class CRF(nn.Module):
             trans = trans.masked_fill(~ok_trans, FORBIDDEN)
         return start, end, trans
 
-    @torch.no_grad()
     def decode(self, emissions: Tensor, mask: Tensor, pad: int = -1,
                allowed: tuple[np.ndarray, np.ndarray] | None = None) -> Tensor:
         """Viterbi: the best tag path per sentence, shape (B, T) long, ``pad`` past each
         length. emissions: (B, T, K); mask: (B, T) bool; ``allowed``: constrain the paths
-        (see :meth:`decoding_parameters`). See :func:`_viterbi`."""
+        (see :meth:`decoding_parameters`). See :func:`_viterbi` (one sentence:
+        :func:`_viterbi_one`, the same arithmetic, so the same path)."""
         lengths = self._check(emissions, mask)
         B, T, K = emissions.shape
         if B == 0:
@@ -170,8 +172,31 @@ class CRF(nn.Module):
         if emissions.dtype not in (torch.float32, torch.float64):
             emissions = emissions.float()
         em = emissions.detach().cpu().numpy()
-        start, end, trans = (p.cpu().numpy().astype(em.dtype, copy=False) for p in self.decoding_parameters(allowed))
-        return torch.from_numpy(_viterbi(em, lengths, start, end, trans, pad)).to(emissions.device)
+        start, end, trans = self._decoding_arrays(allowed, em.dtype)
+        if B == 1:
+            L = int(lengths[0])
+            tags = np.full((1, T), pad, dtype=np.int64)
+            tags[0, :L] = _viterbi_one(em[0, :L], start, end, trans)
+        else:
+            tags = _viterbi(em, lengths, start, end, trans, pad)
+        return torch.from_numpy(tags).to(emissions.device)
+
+    def _decoding_arrays(self, allowed, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`decoding_parameters` as NumPy arrays of ``dtype``, kept until the
+        parameters change (version counter, storage or device) or another ``allowed``
+        object is given: decoding one sentence at a time asks for them on every call."""
+        params = (self.start_transitions, self.end_transitions, self.transitions)
+        try:
+            key = (np.dtype(dtype), *((p._version, p.data_ptr(), p.device) for p in params))
+        except RuntimeError:  # inference tensors keep no version counter: nothing to key on
+            key = None
+        cached = self.__dict__.get("_decoding_cache")
+        if key is not None and cached is not None and cached[0] is allowed and cached[1] == key:
+            return cached[2]
+        arrays = tuple(p.cpu().numpy().astype(dtype, copy=True) for p in self.decoding_parameters(allowed))
+        if key is not None:
+            self.__dict__["_decoding_cache"] = (allowed, key, arrays)
+        return arrays
 
     # --- checks ----------------------------------------------------------------
     def _check(self, emissions: Tensor, mask: Tensor, tags: Tensor | None = None) -> np.ndarray:
@@ -263,6 +288,58 @@ def _viterbi(em: np.ndarray, lengths: np.ndarray, start: np.ndarray, end: np.nda
     tags = np.full(B * T + 1, pad, dtype=np.int64)
     tags[np.where(used, flat, B * T)] = path
     return tags[:-1].reshape(B, T)
+
+
+def _viterbi_one(em: np.ndarray, start: np.ndarray, end: np.ndarray, trans: np.ndarray) -> list[int]:
+    """The best tag path of one sentence, emissions ``em`` (L, K), as a list of L tag ids.
+
+    :func:`_viterbi` for a batch of one: the same max-product passes from both ends,
+    the same additions in the same order and the same first-index argmaxes, so it finds
+    the same path to the last bit (ties and rounding included). What it saves is calls:
+    it builds no (S, W) index tables, and it takes each half's back-pointers from the
+    stored scores in one vectorised argmax after the passes, then follows them in
+    Python, instead of three NumPy calls per step.
+    """
+    L, K = em.shape
+    f = (L + 1) // 2  # positions 0 .. f-1 come from the forward pass
+    c = L - f  # positions L-1 down to f from the backward pass: its step s stands for L-1-s
+    both = np.empty((2, K, K), dtype=em.dtype)  # [0]: transitions; [1]: transposed, for the backward pass
+    both[0] = trans
+    both[1] = trans.T
+    e = np.zeros((f, 2, K), dtype=em.dtype)  # the emissions each pass adds at each step
+    e[:, 0] = em[:f]
+    e[:c, 1] = em[::-1][:c]
+    scores = np.empty((f, 2, K), dtype=em.dtype)
+    np.add(e[0, 0], start, out=scores[0, 0])
+    np.add(e[0, 1], end, out=scores[0, 1])
+    work = np.empty((2, K, K), dtype=em.dtype)
+    # row views made once: indexing costs as much as the arithmetic at this size
+    rows, columns, emitted = list(scores), list(scores[:, :, :, None]), list(e)
+    add, maximum = np.add, np.maximum.reduce
+    for s in range(1, f):
+        add(columns[s - 1], both, out=work)
+        maximum(work, 1, None, rows[s])
+        add(rows[s], emitted[s], out=rows[s])
+    alpha = scores[f - 1, 0]  # shape: (K,)
+    if c:
+        beta = scores[c - 1, 1]  # shape: (K,)
+        pair = int((alpha[:, None] + trans + beta[None, :]).argmax())
+        left, right = pair // K, pair % K
+    else:  # one position
+        left = int((alpha + end).argmax())
+    path = [0] * L
+    path[f - 1] = tag = left
+    if f > 1:
+        pointers = (scores[:-1, 0, :, None] + trans).argmax(1).tolist()  # [s - 1][j]: best i before j at s
+        for s in range(f - 1, 0, -1):
+            path[s - 1] = tag = pointers[s - 1][tag]
+    if c:
+        path[L - c] = tag = right
+        if c > 1:
+            pointers = (scores[: c - 1, 1, None, :] + trans).argmax(2).tolist()  # [s - 1][i]: best k after i
+            for s in range(c - 1, 0, -1):
+                path[L - s] = tag = pointers[s - 1][tag]
+    return path
 
 
 class _Order:

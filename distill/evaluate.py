@@ -13,6 +13,11 @@ from distill.features import iterate_batches, make_pieces, merge
 def predict_ids(model, sentences: Sequence[Sequence[str]], batch_size: int = 64, progress=None) -> list[list[int]]:
     """Tag ids for every token of every sentence (long sentences split and merged back)."""
     pieces = make_pieces(model, sentences)
+    if len(sentences) == 1 and len(pieces) == 1:  # batch-1 inference: one piece, nothing to bucket or merge
+        tags = model.decode_batch(model.collate([pieces[0].feature]))
+        if progress is not None:
+            progress(1)
+        return tags
     piece_tags: list[list[int]] = [None] * len(pieces)  # type: ignore[list-item]
     for idx, batch in iterate_batches(model, pieces, batch_size):
         for i, tags in zip(idx, model.decode_batch(batch)):

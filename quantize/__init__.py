@@ -158,9 +158,11 @@ class CompressedTagger(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> TaggerOutput:
         return self.inner(self.to_device(batch))
 
-    @torch.inference_mode()
     def decode_batch(self, batch: dict[str, Tensor]) -> list[list[int]]:
-        return self.inner.decode_batch(self.to_device(batch))
+        if isinstance(self.inner, Tagger):  # it moves the batch to its weights' device itself, once
+            return self.inner.decode_batch(batch)
+        with torch.inference_mode():
+            return self.inner.decode_batch(self.to_device(batch))
 
     @classmethod
     def load(cls, folder: Path, info: dict[str, Any]) -> "CompressedTagger":

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -88,15 +89,18 @@ class BiLSTMTagger(Tagger):
     def collate(self, features):
         B = len(features)
         W = max(len(f["input_ids"]) for f in features)
-        input_ids = torch.zeros((B, W), dtype=torch.long)
-        word_mask = torch.zeros((B, W), dtype=torch.bool)
-        tags = torch.zeros((B, W), dtype=torch.long)
+        # Padded in NumPy, then shared with torch: torch.tensor() of a Python list costs
+        # several times more, which shows at batch size 1.
+        input_ids = np.zeros((B, W), dtype=np.int64)
+        word_mask = np.zeros((B, W), dtype=bool)
+        tags = np.zeros((B, W), dtype=np.int64)
         for i, f in enumerate(features):
             n = len(f["input_ids"])
-            input_ids[i, :n] = torch.tensor(f["input_ids"])
+            input_ids[i, :n] = f["input_ids"]
             word_mask[i, :n] = True
             if "tags" in f:
-                tags[i, :n] = torch.tensor(f["tags"])
+                tags[i, :n] = f["tags"]
+        input_ids, word_mask, tags = torch.from_numpy(input_ids), torch.from_numpy(word_mask), torch.from_numpy(tags)
         batch = {"input_ids": input_ids, "word_mask": word_mask, "tags": tags}
         collate_extras(features, batch, W)
         return batch
@@ -104,17 +108,34 @@ class BiLSTMTagger(Tagger):
     # --- the model ---------------------------------------------------------
     def forward(self, batch: dict[str, Tensor]) -> TaggerOutput:
         mask = batch["word_mask"]  # shape: (B, W)
-        words = self.dropout(self.embedding(batch["input_ids"]))  # shape: (B, W, E)
+        words = self.embedding(batch["input_ids"])  # shape: (B, W, E)
+        if self.dropout.training:  # (the identity in eval mode: skipping the call saves its cost per batch)
+            words = self.dropout(words)
         if bool(mask.all()):  # no padding (one sentence, or equal lengths): packing changes nothing
-            hidden = self.lstm(words)[0]
+            hidden = self.lstm_unpacked(words)
         else:
             # Packing keeps the backward direction from reading padding: each sentence's
             # backward pass starts at its own last word.
             lengths = mask.sum(1).cpu()
             packed = pack_padded_sequence(words, lengths, batch_first=True, enforce_sorted=False)
             hidden, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=words.size(1))
-        emissions = self.classifier(self.dropout(hidden))  # shape: (B, W, K)
+        emissions = self.classifier(self.dropout(hidden) if self.dropout.training else hidden)  # shape: (B, W, K)
         return TaggerOutput(emissions, mask, None)
+
+    def lstm_unpacked(self, words: Tensor) -> Tensor:
+        """``self.lstm(words)[0]``, words (B, W, E) -> (B, W, H), for a batch without padding.
+
+        In eval mode a plain ``nn.LSTM`` is run by the kernel its ``forward`` calls, with
+        the same arguments and zero initial states, skipping the module's per-call Python
+        checks (about a tenth of a batch-1 forward). Training, and any other LSTM (torch's
+        dynamic int8 one), go through the module.
+        """
+        lstm = self.lstm
+        if lstm.training or type(lstm) is not nn.LSTM or lstm.proj_size or not lstm.batch_first:
+            return lstm(words)[0]
+        zeros = words.new_zeros((lstm.num_layers * (2 if lstm.bidirectional else 1), words.size(0), lstm.hidden_size))
+        return torch._VF.lstm(words, (zeros, zeros), lstm._flat_weights, lstm.bias, lstm.num_layers, lstm.dropout,
+                              False, lstm.bidirectional, True)[0]
 
     def param_group_of(self, name: str) -> str:
         if name.startswith("crf."):

@@ -301,3 +301,50 @@ def test_constrained_viterbi_is_the_best_valid_path_by_brute_force():
             assert got[b, :L].tolist() == list(best)
             differs += got[b, :L].tolist() != free[b, :L].tolist()
     assert differs > 0  # the constraint changed some decodes: the test exercises it
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_sentence_decodes_as_in_a_batch_bit_for_bit(dtype):
+    """Decoding one sentence (the batch-1 path, ``_viterbi_one``) gives the path the
+    batched Viterbi gives the same sentence inside a padded batch, ties included:
+    integer-valued scores make ties common, and a constraint forbids some moves."""
+    from distill.schemes import allowed_transitions
+
+    allowed = allowed_transitions(["O", "B-LOC", "I-LOC", "B-PER", "I-PER"])
+    g = torch.Generator().manual_seed(0)
+    ties = 0
+    for trial in range(60):
+        lengths = torch.randint(1, 24, (6,), generator=g).tolist()
+        crf, emissions, mask, _ = make(trial, lengths=lengths, dtype=dtype)
+        if trial % 2:  # integer scores: many equal paths
+            with torch.no_grad():
+                for p in crf.parameters():
+                    p.copy_(torch.randint(-2, 3, p.shape, generator=g))
+            emissions = torch.randint(-2, 3, emissions.shape, generator=g).to(dtype)
+        for constraint in (None, allowed):
+            batched = crf.decode(emissions, mask, allowed=constraint)
+            for b, L in enumerate(lengths):
+                alone = crf.decode(emissions[b : b + 1, :L], mask[b : b + 1, :L], allowed=constraint)
+                assert alone[0].tolist() == batched[b, :L].tolist(), (trial, b, constraint is not None)
+        ties += trial % 2
+    assert ties  # the tie-heavy half ran
+
+
+def test_decoding_constants_follow_parameter_changes():
+    """The constants kept between calls (decoding one sentence at a time) are rebuilt when
+    a parameter changes in place, when a state dict is loaded, and for another constraint."""
+    from distill.schemes import allowed_transitions
+
+    allowed = allowed_transitions(["O", "B-LOC", "I-LOC", "B-PER", "I-PER"])
+    crf, emissions, mask, _ = make(3, lengths=[7], scale=1.0, dtype=torch.float32)
+    fresh = lambda: make(3, lengths=[7], scale=1.0, dtype=torch.float32)[0]  # noqa: E731
+    crf.decode(emissions, mask, allowed=allowed)
+    with torch.no_grad():
+        crf.transitions.mul_(-3)  # reverses the preferences: the path changes
+    other = fresh()
+    other.load_state_dict(crf.state_dict())
+    assert torch.equal(crf.decode(emissions, mask, allowed=allowed), other.decode(emissions, mask, allowed=allowed))
+    assert not torch.equal(crf.decode(emissions, mask, allowed=allowed), fresh().decode(emissions, mask, allowed=allowed))
+    crf.load_state_dict(fresh().state_dict())
+    assert torch.equal(crf.decode(emissions, mask, allowed=allowed), fresh().decode(emissions, mask, allowed=allowed))
+    assert torch.equal(crf.decode(emissions, mask), fresh().decode(emissions, mask))  # unconstrained: another constant

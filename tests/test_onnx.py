@@ -167,3 +167,71 @@ def test_bilstm_export_handles_padding_and_int8(bilstm_source, tmp_path):
     assert (q / "model.onnx").stat().st_size < (out / "model.onnx").stat().st_size
     assert not (q / "model.fp32.onnx").exists()
     assert [len(t) for t in load_model(q).decode_batch(batch)] == lengths
+
+
+@pytest.fixture(scope="module")
+def bilstm_onnx_int8(bilstm_source, tmp_path_factory) -> Path:
+    from quantize.api import quantize
+
+    return quantize(method="onnx-int8", model=bilstm_source, out=tmp_path_factory.mktemp("onnx-int8") / "bilstm",
+                    quiet=True)
+
+
+def _load_onnx(folder: Path, host_decoding: bool, monkeypatch):
+    """The folder's OnnxTagger, its graph decoded in NumPy (BERT graphs too, which
+    load_model runs whole) or whole."""
+    from distill.modeling import read_meta
+    from quantize import onnx_export
+
+    monkeypatch.setattr(onnx_export, "HOST_DECODING_KINDS", ("bilstm-crf", "bert-crf"))
+    return onnx_export.OnnxTagger.load(folder, read_meta(folder), "cpu", host_decoding=host_decoding)
+
+
+@pytest.mark.parametrize("which", ["bilstm-int8", "bert"])
+def test_host_decoding_gives_the_graph_own_tags(which, bilstm_onnx_int8, bert_onnx, monkeypatch):
+    """The graph cut to its emissions and decoded in NumPy (GraphDecoder) gives the whole
+    graph's emissions and tags bit for bit, on random padded batches and single sentences."""
+    folder = bilstm_onnx_int8 if which == "bilstm-int8" else bert_onnx
+    fast, whole = _load_onnx(folder, True, monkeypatch), _load_onnx(folder, False, monkeypatch)
+    assert fast.decoder is not None and whole.decoder is None
+    assert [o.name for o in fast.session.get_outputs()] == ["emissions"]  # the Scan loops are cut away
+    featurizer = fast.featurizer
+    vocab = len(featurizer.vocab) if which == "bilstm-int8" else featurizer.encoder.config.vocab_size
+    rng = np.random.default_rng(2)
+    distinct = set()
+    for B, longest in [(6, 15), (1, 1), (1, 23), (4, 40), (9, 3)]:
+        lengths = _random_lengths(rng, B, longest) if B > 1 else [longest]
+        words = [[[int(rng.integers(2, vocab))] for _ in range(n)] for n in lengths]
+        batch = featurizer.collate([featurizer.build_feature(w) for w in words])
+        (e1, t1), (e2, t2) = fast.run(batch), whole.run(batch)
+        assert np.array_equal(e1, e2) and np.array_equal(t1, t2), (B, lengths)
+        assert fast.decode_batch(batch) == whole.decode_batch(batch)
+        distinct.update(t1[t1 >= 0].tolist())
+    assert len(distinct) >= 2  # decoding is not trivially constant
+
+
+def test_onnx_one_sentence_at_a_time_tags_as_a_batch_does(bilstm_onnx_int8, tiny_dataset_kwargs):
+    """Through load_model (host decoding for a BiLSTM graph): the batch-1 path gives the
+    tags of the bucketed batches, which are the whole graph's own."""
+    from distill.data import load_dataset
+    from distill.evaluate import predict_ids
+    from distill.modeling import read_meta
+    from quantize.onnx_export import OnnxTagger
+
+    model = load_model(bilstm_onnx_int8)
+    assert model.decoder is not None
+    sentences = load_dataset(**tiny_dataset_kwargs).test.tokens
+    batched = predict_ids(model, sentences, batch_size=8)
+    assert [predict_ids(model, [s], batch_size=1)[0] for s in sentences] == batched
+    whole = OnnxTagger.load(bilstm_onnx_int8, read_meta(bilstm_onnx_int8), "cpu", host_decoding=False)
+    assert predict_ids(whole, sentences, batch_size=8) == batched
+
+
+def test_graph_decoder_declines_a_graph_without_its_viterbi(bilstm_onnx_int8):
+    import onnx
+
+    from quantize.onnx_decode import GraphDecoder, emissions_graph
+
+    model = onnx.load(str(bilstm_onnx_int8 / "model.onnx"))
+    assert GraphDecoder.find(model) is not None
+    assert GraphDecoder.find(onnx.load_from_string(emissions_graph(model))) is None

@@ -51,6 +51,55 @@ def test_bilstm_emissions_do_not_depend_on_padding():
     assert torch.allclose(alone, together.emissions[0, :3], atol=1e-6)
 
 
+
+def _decisive_bilstm(lstm_layers: int) -> BiLSTMTagger:
+    """A random BiLSTM-CRF whose emissions and transitions vary enough that its paths do."""
+    torch.manual_seed(lstm_layers)
+    model = BiLSTMTagger([PAD, UNK] + list("abcdefghij"), LABELS, embedding_dim=8, hidden_size=6,
+                         lstm_layers=lstm_layers).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(10)
+        model.crf.transitions.normal_(0, 1)
+    return model
+
+
+@pytest.mark.parametrize("lstm_layers", [1, 2])
+def test_bilstm_one_sentence_at_a_time_tags_as_a_batch_does(lstm_layers):
+    """The batch-1 path (no padding, the LSTM kernel called directly, one-sentence
+    Viterbi, no bucketing) gives the tags of the padded, packed, bucketed batch path."""
+    from distill.evaluate import predict_ids
+
+    model = _decisive_bilstm(lstm_layers)
+    rng = np.random.default_rng(lstm_layers)
+    sentences = [list(rng.choice(list("abcdefghijxyz"), size=int(n))) for n in rng.integers(1, 30, size=40)]
+    batched = predict_ids(model, sentences, batch_size=16)
+    assert [predict_ids(model, [s], batch_size=1)[0] for s in sentences] == batched
+    assert len({t for row in batched for t in row}) == len(LABELS)  # every tag occurs: the paths vary
+    with torch.no_grad():  # outside inference mode too, as training's dev scoring calls it
+        assert model.decode_batch(model.collate([make_pieces(model, sentences[:1])[0].feature])) == batched[:1]
+
+
+@pytest.mark.parametrize("lstm_layers", [1, 2])
+def test_bilstm_lstm_kernel_called_directly_is_the_module(lstm_layers):
+    model = _decisive_bilstm(lstm_layers)
+    words = torch.randn(3, 9, 8)
+    with torch.inference_mode():
+        assert torch.equal(model.lstm_unpacked(words), model.lstm(words)[0])
+    model.train()  # training goes through the module (dropout between layers, autograd)
+    torch.manual_seed(0)
+    first = model.lstm_unpacked(words)
+    torch.manual_seed(0)
+    assert torch.equal(first, model.lstm(words)[0])
+
+
+def test_bilstm_collate_of_one_sentence():
+    model = BiLSTMTagger([PAD, UNK, "北", "京"], LABELS)
+    alone = model.collate([{"input_ids": [2, 3, 1]}])
+    assert {k: (v.dtype, v.tolist()) for k, v in alone.items()} == {
+        "input_ids": (torch.int64, [[2, 3, 1]]), "word_mask": (torch.bool, [[True] * 3]),
+        "tags": (torch.int64, [[0, 0, 0]])}
+    assert model.collate([{"input_ids": [2, 3], "tags": [1, 2]}])["tags"].tolist() == [[1, 2]]
+
 def test_bilstm_pieces_are_at_most_max_length_words():
     model = BiLSTMTagger([PAD, UNK, "a"], LABELS, max_length=4)
     pieces = make_pieces(model, [["a"] * 10])
