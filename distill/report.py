@@ -6,12 +6,14 @@ distill.bench``), with the same sentences and the same thread count, end to end 
 tokens to tags. Peak resident memory is read from outside, from the kernel's account
 of that child process (``os.wait4``), so it covers loading the model and running the
 whole test set.
+
+The classification report (:mod:`distill.report_classify`) takes the same steps: they are
+here, and a :class:`ReportKind` says what a task does differently (:data:`TAGGING`); the
+pages and plots are written by :mod:`distill.report_render`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import shlex
@@ -20,10 +22,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from distill.errors import DistillError
 from distill.modeling import META_FILE, read_meta
+from distill.report_render import fmt, markdown_page, per_group_table, render_folder, table_csv
 
 FORMAT = "distill-report/1"
 # (key, Markdown header, formatter name) of the main table, in order
@@ -42,25 +45,10 @@ GPU_COLUMNS = [
     ("throughput", "sent/s @32", "f1"), ("speedup_b1", "speedup b1", "x"), ("gpu_peak_mb", "GPU peak MB", "f0"),
     ("device", "device", "text"),
 ]
-
-
-def fmt(value: Any, how: str) -> str:
-    """One table cell; ``n/a`` for a value that does not apply (e.g. no teacher to compare with)."""
-    if value is None:
-        return "n/a"
-    return {
-        "text": lambda v: str(v), "f4": lambda v: f"{v:.4f}", "f2": lambda v: f"{v:.2f}", "f1": lambda v: f"{v:.1f}",
-        "f0": lambda v: f"{v:.0f}", "int": lambda v: f"{int(v):,}", "signed": lambda v: f"{v:+.4f}",
-        "x": lambda v: f"{v:.2f}x",
-    }[how](value)
-
-
-def md_table(columns: Sequence[tuple[str, str, str]], rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
-             "|" + "|".join("---" if how == "text" else "---:" for _, _, how in columns) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(fmt(r.get(k), how).replace("|", "\\|") for k, _, how in columns) + " |")
-    return "\n".join(lines)
+# what a row keeps of a tagger's bench result
+ROW_KEYS = ("precision", "recall", "f1", "support", "per_type", "parameters", "parameters_note", "latency_ms_median",
+            "latency_ms_p90", "latency_ms_mean", "latency_sentences", "throughput", "tokens_per_second",
+            "peak_rss_mb", "peak_rss_over_baseline_mb", "gpu_peak_mb", "device", "load_seconds", "threads")
 
 
 @dataclass
@@ -77,6 +65,25 @@ class Entry:
     @property
     def meta(self) -> dict[str, Any]:
         return self.info.get("meta", {})
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """How the model was trained: its params, or a compressed model's source's."""
+        return (self.meta.get("source_params") if self.meta.get("source_kind") else self.meta.get("params")) or {}
+
+
+@dataclass(frozen=True)
+class ReportKind:
+    """What a task's report does differently; the steps the reports share take one."""
+
+    head: dict[str, str]  # report.json's first keys: its format (and task)
+    bench_args: tuple[str, ...]  # what tells ``python -m distill.bench`` the task
+    test_json: Callable[[Any], dict[str, list]]  # the test split -> the bench processes' test file
+    row_keys: tuple[str, ...]  # what a row keeps of a bench result
+    deltas: tuple[tuple[str, str], ...]  # (prefix, metric) compared as F1 is (:func:`_compare`)
+    dataset_facts: Callable[[Any], dict[str, Any]]  # the dataset -> report["dataset"]'s own keys
+    one_line: Callable[[dict[str, Any]], str]  # a measured model's scores and speed, for the progress bar
+    render: Callable[..., None]  # writes report.md, report.csv and the plots (as :func:`render`)
 
 
 def find_models(run_dir: Path, exclude: Sequence[Path] = ()) -> list[Entry]:
@@ -106,6 +113,25 @@ def pick_teacher(entries: Sequence[Entry]) -> Entry | None:
         return (e.folder.name != "teacher", derived, e.info.get("kind") != "bert-crf", e.name)
 
     return sorted(teachers, key=rank)[0]
+
+
+def read_models(entries: list[Entry], check: Callable[[dict[str, Any]], str | None]) -> Entry | None:
+    """Read each model's distill.json into ``e.info``; one that is unreadable, or that ``check``
+    says this report cannot measure, gets ``e.error``. Sorts ``entries`` by name with the
+    teacher first; returns the teacher (None without one)."""
+    for e in entries:
+        try:
+            e.info = read_meta(e.folder)
+        except DistillError as err:
+            e.error = str(err)
+            continue
+        e.error = check(e.info)
+    entries.sort(key=lambda e: e.name)
+    teacher = pick_teacher(entries)
+    if teacher is not None:
+        entries.remove(teacher)
+        entries.insert(0, teacher)
+    return teacher
 
 
 def _default_command() -> str:
@@ -161,55 +187,76 @@ def make_report(*, run_dir: str | Path, out: str | Path | None = None, dataset: 
     Returns the report as written to report.json. A run of text classifiers (the teacher's
     meta task "classify") gets :func:`distill.report_classify.make_classify_report` instead.
     """
-    from distill.bench import run_child, size_on_disk_mb
     from distill.data import load_dataset
-    from distill.fileio import atomic_dir, write_json
     from distill.report_classify import is_classify_run, make_classify_report
 
     started = time.time()
     run_dir, out, threads = check_report_args(run_dir, out, threads, latency_sentences, batch_size, warmup)
+    settings = dict(threads=threads, latency_sentences=latency_sentences, batch_size=batch_size, warmup=warmup,
+                    gpu=gpu, command=command or _default_command(), quiet=quiet)
     if is_classify_run(run_dir, dataset, exclude=[out]):  # a run of text classifiers: its own report
-        return make_classify_report(run_dir=run_dir, out=out, dataset=dataset, max_test=max_test, threads=threads,
-                                    latency_sentences=latency_sentences, batch_size=batch_size, warmup=warmup,
-                                    gpu=gpu, command=command or _default_command(), quiet=quiet)
+        return make_classify_report(run_dir=run_dir, out=out, dataset=dataset, max_test=max_test, **settings)
     entries = find_models(run_dir, exclude=[out])
     if not entries:
         raise DistillError(f"{run_dir}: no model folders (folders with {META_FILE}) found; "
                            f"train one first, e.g. distill teacher train --out {run_dir / 'teacher'}")
     dataset = resolve_dataset(run_dir, dataset, max_test)
     ds = load_dataset(**dataset)
-    test = ds.test
-    if not test.tags:
+    if not ds.test.tags:
         raise DistillError(f"the test set of {ds.name} has no tags; the report needs a labelled test set")
-    types = set(test.entity_types())
-    for e in entries:
-        try:
-            e.info = read_meta(e.folder)
-        except DistillError as err:
-            e.error = str(err)
-            continue
-        covered = {l[2:] for l in e.info["labels"] if l != "O"}
-        if types - covered:
-            e.error = f"its labels {e.info['labels']} do not cover the test set's types {sorted(types)}"
-    entries.sort(key=lambda e: e.name)
-    teacher = pick_teacher(entries)
-    if teacher is not None:
-        entries.remove(teacher)
-        entries.insert(0, teacher)
+    types = set(ds.test.entity_types())
+
+    def check(info: dict[str, Any]) -> str | None:
+        if types - {l[2:] for l in info["labels"] if l != "O"}:
+            return f"its labels {info['labels']} do not cover the test set's types {sorted(types)}"
+        return None
+
+    teacher = read_models(entries, check)
+    return measure_and_write(TAGGING, run_dir=run_dir, out=out, entries=entries, teacher=teacher, ds=ds,
+                             dataset=dataset, started=started, **settings)
+
+
+def measure_and_write(kind: ReportKind, *, run_dir: Path, out: Path, entries: list[Entry], teacher: Entry | None,
+                      ds, dataset: dict[str, Any], threads: int, latency_sentences: int, batch_size: int,
+                      warmup: int, gpu: bool | None, command: str, quiet: bool, started: float) -> dict[str, Any]:
+    """Measure every model of ``entries`` without an error on the test split of ``ds`` (on the
+    CPU, and on CUDA when ``gpu`` or, for None, when available), then write the report folder
+    ``out`` in one piece; returns the report as written to report.json."""
     import torch
+
+    from distill.bench import size_on_disk_mb
+    from distill.fileio import atomic_dir, write_json
 
     use_gpu = torch.cuda.is_available() if gpu is None else gpu
     if use_gpu and not torch.cuda.is_available():
         raise DistillError("--gpu given but CUDA is not available on this machine")
+    settings = dict(threads=threads, latency_sentences=latency_sentences, batch_size=batch_size, warmup=warmup)
+    baseline_mb, teacher_pred = measure(kind, entries, teacher, ds.test, use_gpu=use_gpu, quiet=quiet, **settings)
+    sizes = {e.name: size_on_disk_mb(e.folder) for e in entries if e.error is None}
+    report = assemble(kind, entries=entries, teacher=teacher, sizes=sizes, ds=ds, dataset=dataset, use_gpu=use_gpu,
+                      baseline_mb=baseline_mb, command=command, run_dir=run_dir, **settings)
+    with atomic_dir(out) as tmp:
+        kind.render(report, tmp, entries=entries, teacher=teacher, teacher_pred=teacher_pred, ds=ds)
+        report["elapsed_seconds"] = round(time.time() - started, 1)
+        write_json(tmp / "report.json", report)
+    return report
 
+
+def measure(kind: ReportKind, entries: Sequence[Entry], teacher: Entry | None, test, *, threads: int,
+            latency_sentences: int, batch_size: int, warmup: int, use_gpu: bool, quiet: bool) -> tuple[float | None, Any]:
+    """Run ``python -m distill.bench`` once per model and device in a fresh process, each result
+    (with the process's peak RSS) into ``e.cpu`` or ``e.gpu``; returns the peak RSS of a process
+    that loads no model and the teacher's predictions on the CPU (None without)."""
+    from distill.bench import run_child
     from distill.progress import progress_bar
 
     with tempfile.TemporaryDirectory(prefix="distill-report-") as scratch:
         test_file = Path(scratch) / "test.json"
-        test_file.write_text(json.dumps({"tokens": test.tokens, "tags": test.tags}, ensure_ascii=False), encoding="utf-8")
-        common = ["--test", str(test_file), "--threads", str(threads), "--latency-sentences", str(latency_sentences),
-                  "--batch-size", str(batch_size), "--warmup", str(warmup)]
-        baseline, baseline_mb = run_child(["--baseline", "--test", str(test_file), "--threads", str(threads)], threads, True)
+        test_file.write_text(json.dumps(kind.test_json(test), ensure_ascii=False), encoding="utf-8")
+        common = ["--test", str(test_file), *kind.bench_args, "--threads", str(threads),
+                  "--latency-sentences", str(latency_sentences), "--batch-size", str(batch_size), "--warmup", str(warmup)]
+        baseline, baseline_mb = run_child(["--baseline", *kind.bench_args, "--test", str(test_file),
+                                           "--threads", str(threads)], threads, True)
         if "error" in baseline:
             raise DistillError(f"the benchmark process does not start: {baseline['error']}")
         teacher_pred = None
@@ -217,8 +264,7 @@ def make_report(*, run_dir: str | Path, out: str | Path | None = None, dataset: 
         with progress_bar(disable=quiet) as bar:
             task = bar.add_task("benchmarking", total=len(todo) * (2 if use_gpu else 1))
             for e in todo:
-                devices = ["cpu", "cuda"] if use_gpu else ["cpu"]
-                for device in devices:
+                for device in ["cpu", "cuda"] if use_gpu else ["cpu"]:
                     bar.update(task, description=f"{e.name} ({device})")
                     args = [str(e.folder), *common, "--device", device]
                     pred_file = Path(scratch) / "teacher_pred.json"
@@ -233,41 +279,33 @@ def make_report(*, run_dir: str | Path, out: str | Path | None = None, dataset: 
                         teacher_pred = json.loads(pred_file.read_text(encoding="utf-8"))
                     bar.advance(task)
                     if not quiet:
-                        bar.console.print(_one_line(e.name, device, result))
-        sizes = {e.name: size_on_disk_mb(e.folder) for e in entries if e.error is None}
-        report = assemble(
-            entries=entries, teacher=teacher, sizes=sizes, ds=ds, dataset=dataset, threads=threads,
-            latency_sentences=latency_sentences, batch_size=batch_size, warmup=warmup, use_gpu=use_gpu,
-            baseline_mb=baseline_mb, command=command or _default_command(), run_dir=run_dir)
-        with atomic_dir(out) as tmp:
-            render(report, tmp, entries=entries, teacher=teacher, teacher_pred=teacher_pred, ds=ds)
-            report["elapsed_seconds"] = round(time.time() - started, 1)
-            write_json(tmp / "report.json", report)
-    return report
+                        bar.console.print(_progress_line(kind, e.name, device, result))
+    return baseline_mb, teacher_pred
 
 
-def _one_line(name: str, device: str, r: dict[str, Any]) -> str:
+def _progress_line(kind: ReportKind, name: str, device: str, r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{name} ({device}): failed: {r['error']}"
     if "skipped" in r:
         return f"{name} ({device}): not measured: {r['skipped']}"
-    return (f"{name} ({device}): F1 {r['f1']:.4f}, {r['latency_ms_median']:.2f} ms/sentence, "
-            f"{r['throughput']:.1f} sentences/s, peak RSS {fmt(r.get('peak_rss_mb'), 'f0')} MB")
+    return f"{name} ({device}): {kind.one_line(r)}"
 
 
-def _row(e: Entry, r: dict[str, Any], size_mb: float) -> dict[str, Any]:
-    keys = ("precision", "recall", "f1", "support", "per_type", "parameters", "parameters_note", "latency_ms_median",
-            "latency_ms_p90", "latency_ms_mean", "latency_sentences", "throughput", "tokens_per_second",
-            "peak_rss_mb", "peak_rss_over_baseline_mb", "gpu_peak_mb", "device", "load_seconds", "threads")
-    params = (e.meta.get("source_params") if e.meta.get("source_kind") else e.meta.get("params")) or {}
+def _one_line(r: dict[str, Any]) -> str:
+    return (f"F1 {r['f1']:.4f}, {r['latency_ms_median']:.2f} ms/sentence, {r['throughput']:.1f} sentences/s, "
+            f"peak RSS {fmt(r.get('peak_rss_mb'), 'f0')} MB")
+
+
+def model_row(e: Entry, r: dict[str, Any], size_mb: float, keys: Sequence[str]) -> dict[str, Any]:
+    """One model's report row: what it is, what it was trained on, and ``keys`` of its bench result ``r``."""
+    params = e.params
     training = e.meta.get("training") or {}
-    row = {"name": e.name, "folder": str(e.folder), "kind": e.info.get("kind"), "role": e.meta.get("role"),
-           "size_mb": size_mb, "labelled": training.get("train_sentences"),
-           "transfer": training.get("transfer_sentences", 0) if training else None,
-           "student": student_identity(params) if e.meta.get("role") == "student" else None,
-           "alpha": params.get("alpha"), "compressed": bool(e.meta.get("source_kind")),
-           **{k: r[k] for k in keys if k in r}}
-    return row
+    return {"name": e.name, "folder": str(e.folder), "kind": e.info.get("kind"), "role": e.meta.get("role"),
+            "size_mb": size_mb, "labelled": training.get("train_texts", training.get("train_sentences")),
+            "transfer": training.get("transfer_texts", training.get("transfer_sentences", 0)) if training else None,
+            "student": student_identity(params) if e.meta.get("role") == "student" else None,
+            "alpha": params.get("alpha"), "compressed": bool(e.meta.get("source_kind")),
+            **{k: r[k] for k in keys if k in r}}
 
 
 def student_identity(params: dict[str, Any]) -> dict[str, Any] | None:
@@ -281,9 +319,11 @@ def student_identity(params: dict[str, Any]) -> dict[str, Any] | None:
     return {**{k: params.get(k) for k in same}, "train_config": config}
 
 
-def _compare(rows: list[dict[str, Any]], ref: dict[str, Any] | None) -> None:
+def _compare(rows: list[dict[str, Any]], ref: dict[str, Any] | None, also: Sequence[tuple[str, str]] = ()) -> None:
     """Deltas and speedups vs the teacher ``ref``, and each distilled student's F1 against its
-    gold-only twin (same identity, alpha 1: :func:`student_identity`), compressed forms included."""
+    gold-only twin (same identity, alpha 1: :func:`student_identity`), compressed forms included;
+    ``also``: (prefix, metric) pairs compared the same way, e.g. ("acc", "accuracy") sets
+    acc_vs_gold and acc_delta."""
     gold = {json.dumps(r["student"], sort_keys=True, default=str): r for r in rows
             if r.get("student") and r.get("alpha") == 1.0 and not r.get("compressed")}
     for row in rows:
@@ -292,21 +332,26 @@ def _compare(rows: list[dict[str, Any]], ref: dict[str, Any] | None) -> None:
         row["f1_delta"] = None if ref is None else row["f1"] - ref["f1"]
         row["speedup_b1"] = None if ref is None else ref["latency_ms_median"] / row["latency_ms_median"]
         row["speedup_b32"] = None if ref is None else row["throughput"] / ref["throughput"]
+        for prefix, metric in also:
+            row[f"{prefix}_vs_gold"] = None if twin is None or twin is row else row[metric] - twin[metric]
+            row[f"{prefix}_delta"] = None if ref is None else row[metric] - ref[metric]
 
 
-def assemble(*, entries, teacher, sizes, ds, dataset, threads, latency_sentences, batch_size, warmup, use_gpu,
-             baseline_mb, command, run_dir) -> dict[str, Any]:
+def assemble(kind: ReportKind, *, entries, teacher, sizes, ds, dataset, threads, latency_sentences, batch_size, warmup,
+             use_gpu, baseline_mb, command, run_dir) -> dict[str, Any]:
     """The report as one JSON-able dict: header facts, one row per measured model, what failed."""
+    from distill.bench import library_versions, machine_info
+
     ok = lambda r: bool(r) and "error" not in r and "skipped" not in r  # noqa: E731
     notes: list[str] = []
-    rows = [_row(e, e.cpu, sizes[e.name]) for e in entries if e.error is None and ok(e.cpu)]
-    gpu_rows = [_row(e, e.gpu, sizes[e.name]) for e in entries if e.error is None and ok(e.gpu)]
+    rows = [model_row(e, e.cpu, sizes[e.name], kind.row_keys) for e in entries if e.error is None and ok(e.cpu)]
+    gpu_rows = [model_row(e, e.gpu, sizes[e.name], kind.row_keys) for e in entries if e.error is None and ok(e.gpu)]
     ref = next((r for r in rows if teacher is not None and r["name"] == teacher.name), None)
     if teacher is not None and ref is None:
         notes.append(f"the teacher {teacher.name} could not be measured on the CPU, so deltas and speedups are n/a")
     gpu_ref = next((r for r in gpu_rows if teacher is not None and r["name"] == teacher.name), None)
-    _compare(rows, ref)
-    _compare(gpu_rows, gpu_ref)
+    _compare(rows, ref, kind.deltas)
+    _compare(gpu_rows, gpu_ref, kind.deltas)
     failed = []
     for e in entries:
         reasons = [e.error] if e.error else []
@@ -324,16 +369,12 @@ def assemble(*, entries, teacher, sizes, ds, dataset, threads, latency_sentences
                            "reason": "; ".join(reasons) or "not measured"})
         elif reasons:
             notes.append(f"{e.name}: " + "; ".join(reasons))
-    from distill.bench import library_versions, machine_info
-
     test = ds.test
     return {
-        "format": FORMAT, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command,
+        **kind.head, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command,
         "run_dir": str(run_dir), "machine": machine_info(threads), "libraries": library_versions(),
         "dataset": {"name": ds.name, "kwargs": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataset.items()},
-                    "fingerprint": ds.fingerprint(), "test_fingerprint": test.fingerprint(),
-                    "test_sentences": len(test), "test_tokens": test.n_tokens(), "train_sentences": len(ds.train),
-                    "entity_types": test.entity_types()},
+                    "fingerprint": ds.fingerprint(), "test_fingerprint": test.fingerprint(), **kind.dataset_facts(ds)},
         "method": {"threads": threads, "latency_sentences": min(latency_sentences, len(test)), "warmup": warmup,
                    "throughput_batch_size": batch_size, "end_to_end": True, "fresh_process_per_model": True,
                    "baseline_rss_mb": baseline_mb},
@@ -343,53 +384,15 @@ def assemble(*, entries, teacher, sizes, ds, dataset, threads, latency_sentences
     }
 
 
+def _dataset_facts(ds) -> dict[str, Any]:
+    test = ds.test
+    return {"test_sentences": len(test), "test_tokens": test.n_tokens(), "train_sentences": len(ds.train),
+            "entity_types": test.entity_types(), "train_tag_counts": tag_counts(ds.train.tags, ds.labels),
+            "test_tag_counts": tag_counts(test.tags, ds.labels)}
+
+
 def csv_text(report: dict[str, Any]) -> str:
-    """One CSV row per model measured on CPU (and its GPU numbers when measured): full precision."""
-    types = report["dataset"]["entity_types"]
-    keys = [k for k, _, _ in COLUMNS] + ["role", "peak_rss_over_baseline_mb", "latency_sentences", "parameters_note"]
-    keys += [f"{t}_{m}" for t in types for m in ("precision", "recall", "f1")]
-    gpu = {r["name"]: r for r in report["gpu_models"]}
-    if report["gpu_measured"]:
-        keys += ["gpu_f1", "gpu_latency_ms_median", "gpu_latency_ms_p90", "gpu_throughput", "gpu_peak_mb"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    for r in report["models"]:
-        row = {k: r.get(k) for k in keys}
-        for t in types:
-            for m in ("precision", "recall", "f1"):
-                row[f"{t}_{m}"] = r["per_type"].get(t, {}).get(m)
-        if r["name"] in gpu:
-            g = gpu[r["name"]]
-            row.update(gpu_f1=g["f1"], gpu_latency_ms_median=g["latency_ms_median"],
-                       gpu_latency_ms_p90=g["latency_ms_p90"], gpu_throughput=g["throughput"],
-                       gpu_peak_mb=g.get("gpu_peak_mb"))
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return buf.getvalue()
-
-
-def training_logs(entries: Sequence[Entry]) -> dict[str, list[dict[str, Any]]]:
-    """Per trained model, the epochs of its train_log.jsonl (copies of another model's log are left out)."""
-    curves, seen = {}, set()
-    for e in entries:
-        log = e.folder / "train_log.jsonl"
-        if e.error is not None or not log.exists() or "source" in (e.meta.get("params") or {}):
-            continue
-        text = log.read_text(encoding="utf-8")
-        if text in seen:
-            continue
-        seen.add(text)
-        records = []
-        for line in text.splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(r, dict) and {"epoch", "loss", "dev_f1"} <= set(r):
-                records.append(r)
-        if records:
-            curves[e.name] = records
-    return curves
+    return table_csv(report, COLUMNS, report["dataset"]["entity_types"], "per_type", ("f1",))
 
 
 def tag_counts(tags: Sequence[Sequence[str]], labels: Sequence[str]) -> dict[str, int]:
@@ -401,100 +404,43 @@ def tag_counts(tags: Sequence[Sequence[str]], labels: Sequence[str]) -> dict[str
 
 
 def render(report: dict[str, Any], folder: Path, *, entries, teacher, teacher_pred, ds) -> None:
-    """Write report.md, report.csv and plots/*.png into ``folder``; record the plots in ``report``."""
-    from distill import plots
-    from distill.fileio import write_text
-
-    plot_dir = folder / "plots"
-    plot_dir.mkdir()
-    figures: dict[str, str] = {}
-    rows = report["models"]
-    if rows:
-        plots.f1_vs_latency(rows, plot_dir / "f1_vs_latency.png")
-        figures["f1_vs_latency"] = "plots/f1_vs_latency.png"
-    curves = training_logs(entries)
-    plots.training_curves(curves, plot_dir / "training_curves.png")
-    figures["training_curves"] = "plots/training_curves.png"
-    if teacher is not None and teacher_pred is not None:
-        labels = teacher.info["labels"]
-        counts = plots.confusion_counts(ds.test.tags, teacher_pred, labels)
-        plots.confusion_matrix(counts, labels, f"teacher {teacher.name!r}: tags on the test set, rows normalised",
-                               plot_dir / "confusion_teacher.png")
-        figures["confusion_teacher"] = "plots/confusion_teacher.png"
-        report["teacher_confusion"] = {"labels": labels, "counts": counts}
-    train_counts = tag_counts(ds.train.tags, ds.labels)
-    report["dataset"]["train_tag_counts"] = train_counts
-    report["dataset"]["test_tag_counts"] = tag_counts(ds.test.tags, ds.labels)
-    plots.label_distribution(train_counts, f"tags in the training data ({len(ds.train):,} sentences)",
-                             plot_dir / "label_distribution.png")
-    figures["label_distribution"] = "plots/label_distribution.png"
-    report["plots"] = figures
-    report["training_curves"] = sorted(curves)
-    write_text(folder / "report.csv", csv_text(report))
-    write_text(folder / "report.md", markdown(report))
+    """The tagging report's :func:`render_folder`."""
+    render_folder(report, folder, entries=entries, teacher=teacher,
+                  confusion=None if teacher_pred is None else (ds.test.tags, teacher_pred),
+                  metric_plots={"f1_vs_latency": {}}, dev_metric="entity F1", unit="tag", units="tags",
+                  train_counts=report["dataset"]["train_tag_counts"],
+                  train_title=f"tags in the training data ({len(ds.train):,} sentences)", count_unit="tokens",
+                  csv_text=csv_text, markdown=markdown)
 
 
-NO_TEACHER = "none (no model folder has meta role 'teacher'), so deltas and speedups are n/a"
+CAPTIONS = {"f1_vs_latency": "F1 vs batch-1 latency (log scale), point area ~ size on disk",
+            "training_curves": "Training loss and dev F1 per epoch of each trained model",
+            "confusion_teacher": "The teacher's tag confusion on the test set (rows normalised)",
+            "label_distribution": "Tag counts in the training data"}
 
 
 def markdown(report: dict[str, Any]) -> str:
-    m, d, how = report["machine"], report["dataset"], report["method"]
-    libs = ", ".join(f"{k} {v}" for k, v in report["libraries"].items())
-    lines = [
-        "# distill comparison report", "",
-        f"- **Date:** {report['date']}",
-        f"- **Command:** `{report['command']}`",
-        f"- **Machine:** {m['cpu']}, {m['cores']} cores ({m['logical_cpus']} logical CPUs), {m['memory_gb']} GiB RAM; "
-        f"**{how['threads']} threads** for every model; GPU: {m['gpu'] or 'none'}",
-        f"- **Software:** Python {m['python']} on {m['platform']}; {libs}",
-        f"- **Dataset:** {d['name']} (`{json.dumps(d['kwargs'], ensure_ascii=False)}`), fingerprint `{d['fingerprint']}`; "
-        f"test set: {d['test_sentences']:,} sentences, {d['test_tokens']:,} tokens (fingerprint `{d['test_fingerprint']}`)",
-        f"- **Teacher:** {report['teacher'] or NO_TEACHER}",
-        "", "## How it was measured", "",
-        f"Each model ran in its own fresh Python process (`python -m distill.bench`), one after another, with "
-        f"torch.set_num_threads({how['threads']}), ONNX Runtime intra-op threads = {how['threads']} and "
-        f"OMP/MKL threads = {how['threads']}. Times are end to end, from tokens to tags: tokenization, batching, "
-        f"the model and CRF decoding are included. After {how['warmup']} warm-up sentences and one warm-up batch, "
-        f"**latency** is timed sentence by sentence at batch size 1 over {how['latency_sentences']:,} test sentences "
-        f"spread evenly over the test set (median and 90th percentile); **throughput** is all "
-        f"{d['test_sentences']:,} test sentences at batch size {how['throughput_batch_size']} (length-bucketed), "
-        f"and the precision/recall/F1 come from those same predictions (entity level, seqeval strict IOB2, micro "
-        f"average). **Speedups** are the teacher's median latency over the model's (b1) and the model's throughput "
-        f"over the teacher's (@32). **Peak RSS** is the peak resident memory of the model's process (the kernel's "
-        f"high-water mark VmHWM, read from outside when the process has loaded the model and run everything); a "
-        f"process that loads Python, torch, transformers and the test data but no model peaks at "
-        f"{fmt(how['baseline_rss_mb'], 'f0')} MB. **Size** counts the weight files "
-        f"in the model folder (safetensors, ONNX and their data files; tokenizer and vocabulary files excluded).",
-        "",
-    ]
-    if report["gpu_measured"]:
-        lines.append("GPU rows were measured the same way on CUDA (peak GPU memory: torch.cuda.max_memory_allocated).")
-    else:
-        lines.append("No CUDA GPU was available, so GPU latency, throughput and memory were not measured; "
-                     "every number below is on the CPU.")
-    lines += ["", "## Models", "", md_table(COLUMNS, report["models"]) if report["models"] else "No model could be measured on the CPU.", ""]
+    d, how = report["dataset"], report["method"]
     types = d["entity_types"]
+    per_type = []
     if report["models"] and types:
-        cols = [("name", "model", "text")] + [(f"{t}:{k}", f"{t} {k[0].upper() if k != 'f1' else 'F1'}", "f4")
-                                              for t in types for k in ("precision", "recall", "f1")]
-        flat = [{"name": r["name"], **{f"{t}:{k}": r["per_type"].get(t, {}).get(k) for t in types
-                                       for k in ("precision", "recall", "f1")}} for r in report["models"]]
         support = ", ".join(f"{t} {d['test_tag_counts'].get('B-' + t, 0):,}" for t in types)
-        lines += ["## Per entity type", "", f"Entities in the test set: {support}.", "", md_table(cols, flat), ""]
-    if report["gpu_measured"]:
-        lines += ["## GPU", "", md_table(GPU_COLUMNS, report["gpu_models"]) if report["gpu_models"]
-                  else "No model could be measured on the GPU.", ""]
-    notes = [f"- {r['name']}: parameters {r['parameters_note']}" for r in report["models"] if r.get("parameters_note")]
-    notes += [f"- {n}" for n in report["notes"]]
-    notes += [f"- **not measured:** {f['name']} ({f['kind'] or 'unknown kind'}): {f['reason']}" for f in report["failed"]]
-    if notes:
-        lines += ["## Notes", "", *notes, ""]
-    figs = report["plots"]
-    lines += ["## Plots", ""]
-    captions = {"f1_vs_latency": "F1 vs batch-1 latency (log scale), point area ~ size on disk",
-                "training_curves": "Training loss and dev F1 per epoch of each trained model",
-                "confusion_teacher": "The teacher's tag confusion on the test set (rows normalised)",
-                "label_distribution": "Tag counts in the training data"}
-    for key, path in figs.items():
-        lines += [f"![{captions[key]}]({path})", "", f"*{captions[key]}.*", ""]
-    return "\n".join(lines)
+        per_type = ["## Per entity type", "", f"Entities in the test set: {support}.", "",
+                    per_group_table(report["models"], types, "per_type"), ""]
+    method = (
+        f"Times are end to end, from tokens to tags: tokenization, batching, the model and CRF decoding are included. "
+        f"After {how['warmup']} warm-up sentences and one warm-up batch, **latency** is timed sentence by sentence "
+        f"at batch size 1 over {how['latency_sentences']:,} test sentences spread evenly over the test set (median "
+        f"and 90th percentile); **throughput** is all {d['test_sentences']:,} test sentences at batch size "
+        f"{how['throughput_batch_size']} (length-bucketed), and the precision/recall/F1 come from those same "
+        f"predictions (entity level, seqeval strict IOB2, micro average). **Speedups** are the teacher's median "
+        f"latency over the model's (b1) and the model's throughput over the teacher's (@32).")
+    return markdown_page(report, title="distill comparison report", bench="python -m distill.bench", method=method,
+                         test_set=f"{d['test_sentences']:,} sentences, {d['test_tokens']:,} tokens "
+                                  f"(fingerprint `{d['test_fingerprint']}`)",
+                         columns=COLUMNS, per_group=per_type, gpu_columns=GPU_COLUMNS, captions=CAPTIONS)
+
+
+TAGGING = ReportKind(head={"format": FORMAT}, bench_args=(), row_keys=ROW_KEYS, deltas=(),
+                     test_json=lambda test: {"tokens": test.tokens, "tags": test.tags},
+                     dataset_facts=_dataset_facts, one_line=_one_line, render=render)
