@@ -187,95 +187,21 @@ def run_bench(*, model_dir: str | Path, test_file: str | Path, threads: int, lat
               batch_size: int = 32, warmup: int = 10, device: str = "cpu",
               predictions: str | Path | None = None) -> dict[str, Any]:
     """Benchmark one model on the test file (JSON with ``tokens`` and ``tags``); returns the result dict."""
-    import torch
-
-    torch.set_num_threads(threads)
     from distill.evaluate import entity_metrics, predict_ids
-    from distill.modeling import load_model, read_meta
+    from distill.modeling import read_meta
+
+    def score(model, gold, pred_ids):
+        labels = model.labels
+        pred = [[labels[i] for i in row] for row in pred_ids]
+        m = entity_metrics(gold, pred)
+        return pred, {"precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "support": m["support"],
+                      "per_type": m["per_type"]}
 
     folder = Path(model_dir)
-    info = read_meta(folder)
-    if any(folder.glob("*.onnx")):
-        pin_onnxruntime_threads(threads)
-    test = json.loads(Path(test_file).read_text(encoding="utf-8"))
-    sentences, gold = test["tokens"], test["tags"]
-
-    t0 = time.perf_counter()
-    model = load_model(folder)
-    load_seconds = time.perf_counter() - t0
-    result: dict[str, Any] = {"model": str(folder), "kind": info["kind"], "requested_device": device,
-                              "threads": threads, "load_seconds": round(load_seconds, 3)}
-    reason = _place(model, device)
-    if reason is not None:
-        result.update(skipped=reason)
-        return result
-    result["device"] = _model_device(model)
-    cuda = result["device"] == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    with torch.inference_mode():
-        # warm-up: a few single sentences and one full batch, untimed
-        for s in sentences[:warmup]:
-            predict_ids(model, [s], batch_size=1)
-        predict_ids(model, sentences[:batch_size], batch_size=batch_size)
-        sync()
-
-        subset = [i for i in latency_subset(len(sentences), latency_sentences) if len(sentences[i])]
-        times = []
-        for i in subset:
-            t = time.perf_counter()
-            predict_ids(model, [sentences[i]], batch_size=1)
-            sync()
-            times.append(time.perf_counter() - t)
-
-        t = time.perf_counter()
-        pred_ids = predict_ids(model, sentences, batch_size=batch_size)
-        sync()
-        seconds = time.perf_counter() - t
-
-    labels = model.labels
-    pred = [[labels[i] for i in row] for row in pred_ids]
-    metrics = entity_metrics(gold, pred)
-    n_tokens = sum(len(s) for s in sentences)
-    params, params_note = count_parameters(model, folder)
-    result.update(
-        precision=metrics["precision"], recall=metrics["recall"], f1=metrics["f1"], support=metrics["support"],
-        per_type=metrics["per_type"], test_sentences=len(sentences), test_tokens=n_tokens,
-        latency_sentences=len(times), warmup_sentences=min(warmup, len(sentences)),
-        latency_ms_median=_percentile(times, 50) * 1000, latency_ms_p90=_percentile(times, 90) * 1000,
-        latency_ms_mean=sum(times) / max(1, len(times)) * 1000,
-        throughput_batch_size=batch_size, throughput=len(sentences) / seconds, tokens_per_second=n_tokens / seconds,
-        throughput_seconds=seconds, parameters=params, parameters_note=params_note,
-        torch_threads=torch.get_num_threads(),
-    )
-    if cuda:
-        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result["gpu_name"] = torch.cuda.get_device_name()
-    if predictions is not None:
-        Path(predictions).write_text(json.dumps(pred, ensure_ascii=False), encoding="utf-8")
-    return result
-
-
-def run_baseline(*, test_file: str | Path, threads: int) -> dict[str, Any]:
-    """What a bench process holds before any model: Python, torch, the transformers model
-    and tokenizer machinery, safetensors, the test data, and the scorer (seqeval) run once."""
-    import importlib
-
-    import torch
-
-    from distill.evaluate import entity_metrics
-
-    torch.set_num_threads(threads)
-    for module in ("transformers.modeling_utils", "transformers.tokenization_utils_fast", "safetensors.torch"):
-        importlib.import_module(module)
-    test = json.loads(Path(test_file).read_text(encoding="utf-8"))
-    entity_metrics(test["tags"], test["tags"])
-    return {"baseline": True, "test_sentences": len(test["tokens"]), "threads": threads}
+    return _measure(folder, read_meta(folder), test_file, ("tokens", "tags"), predict_ids, score,
+                    counted=("sentences", "tokens"), skip_empty=True, threads=threads,
+                    latency_sentences=latency_sentences, batch_size=batch_size, warmup=warmup, device=device,
+                    predictions=predictions)
 
 
 def run_bench_classifier(*, model_dir: str | Path, test_file: str | Path, threads: int, latency_sentences: int = 500,
@@ -286,21 +212,47 @@ def run_bench_classifier(*, model_dir: str | Path, test_file: str | Path, thread
     ``batch_size`` over every text, end to end from text to class probabilities
     (:func:`distill.classify.predict_proba`: tokenization included); accuracy, macro-F1 and
     per-class P/R/F1 of those batched predictions (:func:`distill.classify.classification_metrics`)."""
-    import torch
-
-    torch.set_num_threads(threads)
     from distill.classify import classification_metrics, predict_proba
     from distill.errors import DistillError
-    from distill.modeling import load_model, read_meta
+    from distill.modeling import read_meta
+
+    def score(model, gold, proba):  # proba: (N, C)
+        labels = list(model.labels)
+        pred = [labels[i] for i in proba.argmax(1).tolist()]
+        m = classification_metrics(gold, pred, labels)
+        return pred, {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "f1": m["macro_f1"],
+                      "per_class": m["per_class"]}
 
     folder = Path(model_dir)
     info = read_meta(folder)
     if (info.get("meta") or {}).get("task") != "classify":
         raise DistillError(f"{folder}: a tagger, not a text classifier (meta task 'classify')")
+    return _measure(folder, info, test_file, ("texts", "labels"), predict_proba, score, counted=("texts", "chars"),
+                    skip_empty=False, threads=threads, latency_sentences=latency_sentences, batch_size=batch_size,
+                    warmup=warmup, device=device, predictions=predictions)
+
+
+def _measure(folder: Path, info: dict[str, Any], test_file: str | Path, keys: tuple[str, str], predict, score, *,
+             counted: tuple[str, str], skip_empty: bool, threads: int, latency_sentences: int, batch_size: int,
+             warmup: int, device: str, predictions: str | Path | None) -> dict[str, Any]:
+    """What :func:`run_bench` and :func:`run_bench_classifier` share: load the model in this process
+    on ``threads`` threads and ``device``; warm up (single items, one full batch); time
+    ``predict(model, items, batch_size=...)`` item by item over ``latency_sentences`` items
+    spread over the test set (empty ones left out with ``skip_empty``), then over every item at
+    ``batch_size``; ``score(model, gold, output)`` -> (predictions, scores) of that batched run.
+
+    ``keys``: the test file's inputs and gold labels; ``counted``: what an item is and what
+    its ``len`` counts, naming ``test_<item>``, ``test_<unit>`` and ``<unit>_per_second``.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    from distill.modeling import load_model
+
     if any(folder.glob("*.onnx")):
         pin_onnxruntime_threads(threads)
     test = json.loads(Path(test_file).read_text(encoding="utf-8"))
-    texts, gold = test["texts"], test["labels"]
+    items, gold = test[keys[0]], test[keys[1]]
 
     t0 = time.perf_counter()
     model = load_model(folder)
@@ -317,35 +269,34 @@ def run_bench_classifier(*, model_dir: str | Path, test_file: str | Path, thread
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     with torch.inference_mode():
-        for text in texts[:warmup]:  # warm-up: single texts and one full batch, untimed
-            predict_proba(model, [text], batch_size=1)
-        predict_proba(model, texts[:batch_size], batch_size=batch_size)
+        for item in items[:warmup]:  # warm-up: single items and one full batch, untimed
+            predict(model, [item], batch_size=1)
+        predict(model, items[:batch_size], batch_size=batch_size)
         sync()
         times = []
-        for i in latency_subset(len(texts), latency_sentences):
+        for i in latency_subset(len(items), latency_sentences):
+            if skip_empty and not len(items[i]):
+                continue
             t = time.perf_counter()
-            predict_proba(model, [texts[i]], batch_size=1)
+            predict(model, [items[i]], batch_size=1)
             sync()
             times.append(time.perf_counter() - t)
         t = time.perf_counter()
-        proba = predict_proba(model, texts, batch_size=batch_size)  # shape: (N, C)
+        output = predict(model, items, batch_size=batch_size)
         sync()
         seconds = time.perf_counter() - t
 
-    labels = list(model.labels)
-    pred = [labels[i] for i in proba.argmax(1).tolist()]
-    metrics = classification_metrics(gold, pred, labels)
+    pred, scores = score(model, gold, output)
+    item, unit = counted
+    n_units = sum(len(x) for x in items)
     params, params_note = count_parameters(model, folder)
-    n_chars = sum(len(s) for s in texts)
     result.update(
-        accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"], f1=metrics["macro_f1"],
-        per_class=metrics["per_class"], test_texts=len(texts), test_chars=n_chars,
-        latency_sentences=len(times), warmup_sentences=min(warmup, len(texts)),
+        **scores, **{f"test_{item}": len(items), f"test_{unit}": n_units},
+        latency_sentences=len(times), warmup_sentences=min(warmup, len(items)),
         latency_ms_median=_percentile(times, 50) * 1000, latency_ms_p90=_percentile(times, 90) * 1000,
-        latency_ms_mean=sum(times) / max(1, len(times)) * 1000,
-        throughput_batch_size=batch_size, throughput=len(texts) / seconds, chars_per_second=n_chars / seconds,
-        throughput_seconds=seconds, parameters=params, parameters_note=params_note,
-        torch_threads=torch.get_num_threads(),
+        latency_ms_mean=sum(times) / max(1, len(times)) * 1000, throughput_batch_size=batch_size,
+        throughput=len(items) / seconds, **{f"{unit}_per_second": n_units / seconds}, throughput_seconds=seconds,
+        parameters=params, parameters_note=params_note, torch_threads=torch.get_num_threads(),
     )
     if cuda:
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -355,20 +306,27 @@ def run_bench_classifier(*, model_dir: str | Path, test_file: str | Path, thread
     return result
 
 
-def run_baseline_classifier(*, test_file: str | Path, threads: int) -> dict[str, Any]:
-    """:func:`run_baseline` for a classification test file: the same libraries, the texts, the scorer run once."""
+def run_baseline(*, test_file: str | Path, threads: int, task: str = "tag") -> dict[str, Any]:
+    """What a bench process holds before any model: Python, torch, the transformers model
+    and tokenizer machinery, safetensors, the test data, and the scorer run once (seqeval;
+    for ``task`` "classify", the classification metrics on a file of texts and labels)."""
     import importlib
 
     import torch
-
-    from distill.classify import classification_metrics
 
     torch.set_num_threads(threads)
     for module in ("transformers.modeling_utils", "transformers.tokenization_utils_fast", "safetensors.torch"):
         importlib.import_module(module)
     test = json.loads(Path(test_file).read_text(encoding="utf-8"))
-    classification_metrics(test["labels"], test["labels"], sorted(set(test["labels"])))
-    return {"baseline": True, "test_texts": len(test["texts"]), "threads": threads}
+    if task == "classify":
+        from distill.classify import classification_metrics
+
+        classification_metrics(test["labels"], test["labels"], sorted(set(test["labels"])))
+        return {"baseline": True, "test_texts": len(test["texts"]), "threads": threads}
+    from distill.evaluate import entity_metrics
+
+    entity_metrics(test["tags"], test["tags"])
+    return {"baseline": True, "test_sentences": len(test["tokens"]), "threads": threads}
 
 
 # --- the parent's side: launching a benchmark process and describing the machine ---
@@ -485,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         classify = args.task == "classify"
         if args.baseline:
-            result = (run_baseline_classifier if classify else run_baseline)(test_file=args.test, threads=args.threads)
+            result = run_baseline(test_file=args.test, threads=args.threads, task=args.task)
         elif not args.model:
             raise DistillError("give a model folder (or --baseline)")
         else:
