@@ -173,23 +173,44 @@ class CompressedTagger(nn.Module):
 # The dev sample every compressed model is checked on
 
 
+def recorded_dataset(meta: dict[str, Any], keep: Callable[[str], bool]) -> dict[str, Any] | None:
+    """The dataset dict a model's meta records (``params.dataset``, or a compressed folder's
+    ``source_params``, through every compression), its keys that ``keep`` accepts and that
+    have a value."""
+    for key in ("params", "source_params"):
+        params = meta.get(key) or {}
+        ds = params.get("dataset")
+        if isinstance(ds, dict):
+            return {k: v for k, v in ds.items() if keep(k) and v is not None}
+        if isinstance(params.get("source_params"), dict):  # compressed twice (e.g. pruned, then int8)
+            found = recorded_dataset({"params": params["source_params"]}, keep)
+            if found:
+                return found
+    return None
+
+
 def dataset_of(meta: dict[str, Any]) -> dict[str, Any] | None:
     """``load_dataset`` kwargs of the data a model was trained on, from its meta."""
     from distill.data import load_dataset
 
     allowed = set(inspect.signature(load_dataset).parameters) - {"max_train", "max_dev", "max_test"}
-    for key in ("params", "source_params"):
-        params = meta.get(key) or {}
-        ds = params.get("dataset")
-        if isinstance(ds, dict):
-            return {k: v for k, v in ds.items() if k in allowed and v is not None}
-        if isinstance(params.get("source_params"), dict):  # compressed twice (e.g. pruned, then int8)
-            found = dataset_of({"params": params["source_params"]})
-            if found:
-                return found
-    if meta.get("dataset") == "msra":
+    found = recorded_dataset(meta, allowed.__contains__)
+    if found is None and meta.get("dataset") == "msra":
         return {"name": "msra"}
-    return None
+    return found
+
+
+def check_dataset(meta: dict[str, Any], dataset: dict[str, Any] | None, n: int, *, items: str, model: str,
+                  recorded: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+    """The data to check a compressed ``model`` ("model", "classifier") on ``n`` dev ``items``:
+    ``dataset``, else what its meta records (``recorded``, e.g. :func:`dataset_of`)."""
+    if n < 1:
+        raise DistillError(f"--check must be >= 1 (dev {items} to check on; 0 skips the check), got {n}")
+    kwargs = dataset if dataset is not None else recorded(meta)
+    if kwargs is None:
+        raise DistillError(f"cannot tell which data the {model} was trained on (no 'dataset' in its meta); "
+                           "give --train/--dev files to check the compressed model on")
+    return kwargs
 
 
 def check_sentences(meta: dict[str, Any], dataset: dict[str, Any] | None, n: int) -> list[list[str]]:
@@ -201,13 +222,7 @@ def check_sentences(meta: dict[str, Any], dataset: dict[str, Any] | None, n: int
         from quantize.classify import check_texts
 
         return check_texts(meta, dataset, n)
-    if n < 1:
-        raise DistillError(f"--check must be >= 1 (dev sentences to check on; 0 skips the check), got {n}")
-    kwargs = dataset if dataset is not None else dataset_of(meta)
-    if kwargs is None:
-        raise DistillError("cannot tell which data the model was trained on (no 'dataset' in its meta); "
-                           "give --train/--dev files to check the compressed model on")
-    ds = load_dataset(**kwargs)
+    ds = load_dataset(**check_dataset(meta, dataset, n, items="sentences", model="model", recorded=dataset_of))
     sentences = [s for s in ds.dev.tokens if s][:n]
     if not sentences:
         raise DistillError(f"the dev split of {ds.name} has no sentences to check the compressed model on")

@@ -23,7 +23,6 @@ that differ from taggers. The commands are the taggers' (:func:`quantize.api.qua
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,29 +52,18 @@ def text_dataset_of(meta: dict[str, Any]) -> dict[str, Any] | None:
     """The :func:`distill.textdata.load_text_dataset` dict of the data a classifier was
     trained on, from its meta (``params.dataset``, or a compressed folder's
     ``source_params``), without the ``max_*`` caps."""
-    for key in ("params", "source_params"):
-        params = meta.get(key) or {}
-        ds = params.get("dataset")
-        if isinstance(ds, dict):
-            return {k: v for k, v in ds.items() if v is not None and not k.startswith("max_")}
-        if isinstance(params.get("source_params"), dict):  # compressed twice (e.g. pruned, then int8)
-            found = text_dataset_of({"params": params["source_params"]})
-            if found:
-                return found
-    return None
+    from quantize import recorded_dataset
+
+    return recorded_dataset(meta, lambda key: not key.startswith("max_"))
 
 
 def check_texts(meta: dict[str, Any], dataset: dict[str, Any] | None, n: int) -> list[str]:
     """The first ``n`` texts of the dev split of ``dataset`` (default: the classifier's
     training data, from its meta)."""
     from distill.textdata import load_text_dataset
+    from quantize import check_dataset
 
-    if n < 1:
-        raise DistillError(f"--check must be >= 1 (dev texts to check on; 0 skips the check), got {n}")
-    kwargs = dataset if dataset is not None else text_dataset_of(meta)
-    if kwargs is None:
-        raise DistillError("cannot tell which data the classifier was trained on (no 'dataset' in its meta); "
-                           "give --train/--dev files to check the compressed model on")
+    kwargs = check_dataset(meta, dataset, n, items="texts", model="classifier", recorded=text_dataset_of)
     texts = load_text_dataset(kwargs).dev.texts[:n]
     if not texts:
         raise DistillError("the dev split has no texts to check the compressed classifier on")
@@ -166,29 +154,14 @@ def example_batch(source, texts: Sequence[str]) -> dict[str, Tensor]:
 def export_classifier_graph(source, path: Path, example: dict[str, Tensor]) -> None:
     """Export ``source`` (probabilities + argmax) to ``path`` with dynamic batch size and
     length, the class names in its metadata."""
-    import contextlib
-    import io
-    import logging
-
     import onnx
 
-    from quantize.onnx_export import OPSET, _bilstm_onnx
+    from quantize.onnx_export import dynamo_export
 
     graph = ClassifierGraph(source).eval().requires_grad_(False)
     batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
     dims = ({0: batch, 1: tokens}, {0: batch, 1: tokens})
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            program = torch.onnx.export(graph, tuple(example[n] for n in INPUTS), input_names=list(INPUTS),
-                                        output_names=list(OUTPUTS), dynamic_shapes=dims, dynamo=True,
-                                        opset_version=OPSET,
-                                        custom_translation_table={torch.ops.distill.bilstm.default: _bilstm_onnx},
-                                        external_data=False, verbose=False)
-        except Exception as e:  # the exporter's errors are long; keep the first line
-            raise DistillError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}") from None
-    program.save(str(path), external_data=False)
+    dynamo_export(graph, tuple(example[n] for n in INPUTS), INPUTS, OUTPUTS, dims, path)
     for output in onnx.load(str(path), load_external_data=False).graph.output:
         first = output.type.tensor_type.shape.dim[0]
         if first.HasField("dim_value"):  # the exporter fell back to a fixed size
@@ -311,34 +284,15 @@ def export_classifier(source, model: Path, out: Path, *, int8: bool, dataset: di
     """``quantize onnx`` / ``onnx-int8`` of a classifier ``source`` (loaded from ``model``)
     into ``out/model.onnx``, checked against PyTorch on ``check`` dev texts (exactly for
     fp32; for int8 the fp32 graph's check is kept as ``check_fp32``)."""
-    from quantize import derived_meta, write_model_folder
-    from quantize.onnx_export import ONNX_FILE, OPSET, _quantize_onnx, make_session
+    from quantize.onnx_export import write_onnx_folder
 
-    method = "onnx-int8" if int8 else "onnx"
     texts = check_texts(source.meta, dataset, check)
-    options: dict[str, Any] = {"opset": OPSET, "exporter": f"torch.onnx dynamo (torch {torch.__version__.split('+')[0]})"}
-    if int8:
-        options.update(per_channel=per_channel, backend="onnxruntime.quantization.quantize_dynamic (QInt8 weights)")
-    meta = derived_meta(source, model, method, options)
-    meta.update(inputs=list(INPUTS), outputs=list(OUTPUTS))
-
-    def write(tmp: Path) -> None:
-        fp32 = tmp / (ONNX_FILE if not int8 else "model.fp32.onnx")
-        export_classifier_graph(source, fp32, example_batch(source, texts))
-        meta["check"] = check_classifier_export(source, make_session(fp32, "cpu"), texts, exact=True)
-        if int8:
-            meta["check_fp32"] = meta.pop("check")
-            _quantize_onnx(fp32, tmp / ONNX_FILE, per_channel)
-            fp32.unlink()
-            meta["check"] = check_classifier_export(source, make_session(tmp / ONNX_FILE, "cpu"), texts, exact=False)
-        label_metadata(tmp / ONNX_FILE, source.labels)
-        meta["onnx_bytes"] = (tmp / ONNX_FILE).stat().st_size
-
-    write_model_folder(out, kind=OnnxClassifier.kind, source=source, meta=meta, write_weights=write)
-    if not quiet:
-        print(f"{method} classifier saved to {out} ({meta['onnx_bytes'] / 2**20:.1f} MiB)"
-              f"{describe_classifier_check(meta['check'], precise=True)}")
-    return out
+    return write_onnx_folder(
+        source, model, out, int8=int8, per_channel=per_channel, quiet=quiet, what="classifier",
+        export=lambda path: export_classifier_graph(source, path, example_batch(source, texts)),
+        check=lambda session, exact: check_classifier_export(source, session, texts, exact=exact),
+        extra_meta={"inputs": list(INPUTS), "outputs": list(OUTPUTS)},
+        finish=lambda path: label_metadata(path, source.labels))
 
 
 # ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -211,15 +211,10 @@ def _example_batch(source: Tagger, sentences: Sequence[Sequence[str]]) -> dict[s
 
 def export_graph(source: Tagger, path: Path, example: dict[str, Tensor]) -> None:
     """Export ``source`` (emissions + Viterbi) to ``path`` with dynamic batch and lengths."""
-    import contextlib
-    import io
-    import logging
-
     import onnx
 
     graph = ExportGraph(source).eval().requires_grad_(False)
     names = input_names(source)
-    args = tuple(example[n] for n in names)
     batch = torch.export.Dim("batch")
     words = torch.export.Dim("words")
     dims = {"input_ids": {0: batch, 1: torch.export.Dim("subtokens")} if source.kind == "bert-crf" else {0: batch, 1: words},
@@ -227,24 +222,34 @@ def export_graph(source: Tagger, path: Path, example: dict[str, Tensor]) -> None
             "piece_shape": {0: batch, 1: words}}
     if source.kind == "bert-crf":
         dims["attention_mask"] = dims["input_ids"]
-    dynamic = tuple(dims[n] for n in names)
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    # The dynamo exporter prints its progress to stdout; a CLI command should not.
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            program = torch.onnx.export(graph, args, input_names=list(names), output_names=list(OUTPUTS),
-                                        dynamic_shapes=(dynamic,), dynamo=True, opset_version=OPSET,
-                                        custom_translation_table={torch.ops.distill.bilstm.default: _bilstm_onnx},
-                                        external_data=False, verbose=False)
-        except Exception as e:  # the exporter's errors are long; keep the first line
-            raise DistillError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}") from None
-    program.save(str(path), external_data=False)
+    dynamo_export(graph, tuple(example[n] for n in names), names, OUTPUTS, (tuple(dims[n] for n in names),), path)
     for output in onnx.load(str(path), load_external_data=False).graph.output:
         dims = output.type.tensor_type.shape.dim[:2]
         if any(d.HasField("dim_value") for d in dims):  # the exporter fell back to fixed sizes
             raise DistillError(f"ONNX export fixed the batch size or length of output {output.name!r} "
                                f"({[d.dim_value or d.dim_param for d in dims]}); the graph would only take that shape")
+
+
+def dynamo_export(graph: nn.Module, args: tuple[Tensor, ...], names: Sequence[str], outputs: Sequence[str],
+                  dynamic_shapes, path: Path) -> None:
+    """``torch.onnx.export`` of ``graph`` (the dynamo exporter, :data:`OPSET`, the BiLSTM op
+    translated to ONNX ``LSTM`` nodes) into ``path``, one file; its errors in one line."""
+    import contextlib
+    import io
+    import logging
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    # The dynamo exporter prints its progress to stdout; a CLI command should not.
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(graph, args, input_names=list(names), output_names=list(outputs),
+                                        dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=OPSET,
+                                        custom_translation_table={torch.ops.distill.bilstm.default: _bilstm_onnx},
+                                        external_data=False, verbose=False)
+        except Exception as e:  # the exporter's errors are long; keep the first line
+            raise DistillError(f"ONNX export failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}") from None
+    program.save(str(path), external_data=False)
 
 
 # ---------------------------------------------------------------------------
@@ -439,27 +444,48 @@ def _export(model: Path, out: Path | None, int8: bool, dataset: dict | None, che
         return export_classifier(source, model, out, int8=int8, dataset=dataset, check=check,
                                  per_channel=per_channel, quiet=quiet)
     sentences = check_sentences(source.meta, dataset, check)
+    return write_onnx_folder(
+        source, model, out, int8=int8, per_channel=per_channel, quiet=quiet,
+        export=lambda path: export_graph(source, path, _example_batch(source, sentences)),
+        check=lambda session, exact: check_export(source, session, sentences, exact=exact),
+        # the decoding is baked into the graph
+        extra_meta={"decoding": "constrained" if source.allowed_transitions() is not None else "free",
+                    "inputs": list(input_names(source)), "outputs": list(OUTPUTS)})
+
+
+def write_onnx_folder(source, model: Path, out: Path, *, int8: bool, per_channel: bool, quiet: bool,
+                      export: Callable[[Path], None], check: Callable[[Any, bool], dict[str, Any]],
+                      extra_meta: dict[str, Any], finish: Callable[[Path], None] | None = None,
+                      what: str = "model") -> Path:
+    """Write the ONNX model folder ``out`` of ``source`` (loaded from ``model``), tagger or
+    classifier: ``export(path)`` writes the fp32 graph; ``check(session, exact)`` compares a
+    session of it with PyTorch (exactly for fp32); for int8 the checked graph is quantized
+    (ONNX Runtime dynamic int8) and checked again, the fp32 check kept as ``check_fp32``;
+    ``finish(path)`` last touches the final file. ``what`` names it in the saved message."""
+    method = "onnx-int8" if int8 else "onnx"
     options: dict[str, Any] = {"opset": OPSET, "exporter": f"torch.onnx dynamo (torch {torch.__version__.split('+')[0]})"}
     if int8:
         options.update(per_channel=per_channel, backend="onnxruntime.quantization.quantize_dynamic (QInt8 weights)")
     meta = derived_meta(source, model, method, options)
-    meta["decoding"] = "constrained" if source.allowed_transitions() is not None else "free"  # baked into the graph
-    meta.update(inputs=list(input_names(source)), outputs=list(OUTPUTS))
+    meta.update(extra_meta)
 
     def write(tmp: Path) -> None:
         fp32 = tmp / (ONNX_FILE if not int8 else "model.fp32.onnx")
-        export_graph(source, fp32, _example_batch(source, sentences))
-        meta["check"] = check_export(source, make_session(fp32, "cpu"), sentences, exact=True)
+        export(fp32)
+        meta["check"] = check(make_session(fp32, "cpu"), True)
         if int8:
             meta["check_fp32"] = meta.pop("check")
             _quantize_onnx(fp32, tmp / ONNX_FILE, per_channel)
             fp32.unlink()
-            meta["check"] = check_export(source, make_session(tmp / ONNX_FILE, "cpu"), sentences, exact=False)
+            meta["check"] = check(make_session(tmp / ONNX_FILE, "cpu"), False)
+        if finish is not None:
+            finish(tmp / ONNX_FILE)
         meta["onnx_bytes"] = (tmp / ONNX_FILE).stat().st_size
 
+    # a classifier's folder has the same kind; loading dispatches on its meta task
     write_model_folder(out, kind=OnnxTagger.kind, source=source, meta=meta, write_weights=write)
     if not quiet:
-        print(f"{method} model saved to {out} ({meta['onnx_bytes'] / 2**20:.1f} MiB)"
+        print(f"{method} {what} saved to {out} ({meta['onnx_bytes'] / 2**20:.1f} MiB)"
               f"{describe_check(meta['check'], precise=True)}")
     return out
 
