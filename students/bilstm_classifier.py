@@ -14,7 +14,6 @@ neither the teacher nor its tokenizer. A text of more than ``max_length`` tokens
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,9 +22,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from distill.classify import Classifier, ClassifierOutput, head_tail
-from distill.errors import DistillError
 from distill.fileio import write_json
-from students.bilstm_crf import PAD, UNK, VOCAB_FILE, build_vocabulary
+from students.bilstm_crf import UNK, VOCAB_FILE, build_vocabulary, check_bilstm_args, read_vocabulary
 
 # Code point ranges of scripts written without spaces between words.
 UNSPACED_RANGES = (
@@ -80,16 +78,7 @@ class BiLSTMClassifier(Classifier):
                  hidden_size: int = 256, lstm_layers: int = 1, dropout: float = 0.1, max_length: int = 512,
                  meta: dict | None = None):
         super().__init__(labels, meta)
-        for name, value in (("embedding_dim", embedding_dim), ("hidden_size", hidden_size),
-                            ("lstm_layers", lstm_layers), ("max_length", max_length)):
-            if value < 1:
-                raise DistillError(f"{name} must be >= 1, got {value}")
-        if hidden_size % 2:
-            raise DistillError(f"hidden_size is both LSTM directions together and must be even, got {hidden_size}")
-        if not 0 <= dropout < 1:
-            raise DistillError(f"dropout must be in [0, 1), got {dropout}")
-        if list(vocab[:2]) != [PAD, UNK]:
-            raise DistillError(f"a vocabulary must start with {PAD}, {UNK}; got {list(vocab[:2])}")
+        check_bilstm_args(vocab, embedding_dim, hidden_size, lstm_layers, dropout, max_length)
         self.vocab = list(vocab)
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.char_level = bool(char_level)
@@ -151,13 +140,7 @@ class BiLSTMClassifier(Classifier):
 
     @classmethod
     def build(cls, config, labels, meta, folder):
-        path = Path(folder) / VOCAB_FILE
-        try:
-            vocab = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DistillError(f"{path}: corrupt vocabulary ({e})") from None
-        if not isinstance(vocab, list) or len(vocab) != config.get("vocab_size", len(vocab)):
-            raise DistillError(f"{path}: expected a list of {config.get('vocab_size')} tokens")
-        return cls(vocab, labels, config["char_level"], embedding_dim=config["embedding_dim"],
-                   hidden_size=config["hidden_size"], lstm_layers=config["lstm_layers"], dropout=config["dropout"],
-                   max_length=config["max_length"], meta=meta)
+        return cls(read_vocabulary(folder, config, "tokens"), labels, config["char_level"],
+                   embedding_dim=config["embedding_dim"], hidden_size=config["hidden_size"],
+                   lstm_layers=config["lstm_layers"], dropout=config["dropout"], max_length=config["max_length"],
+                   meta=meta)

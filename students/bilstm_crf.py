@@ -43,6 +43,35 @@ def build_vocabulary(sentences: Sequence[Sequence[str]], min_count: int = 1) -> 
     return [PAD, UNK] + words
 
 
+def check_bilstm_args(vocab: Sequence[str], embedding_dim: int, hidden_size: int, lstm_layers: int, dropout: float,
+                      max_length: int) -> None:
+    """The constructor arguments of a BiLSTM student (tagger or classifier), in one-line errors."""
+    for name, value in (("embedding_dim", embedding_dim), ("hidden_size", hidden_size),
+                        ("lstm_layers", lstm_layers), ("max_length", max_length)):
+        if value < 1:
+            raise DistillError(f"{name} must be >= 1, got {value}")
+    if hidden_size % 2:
+        raise DistillError(f"hidden_size is both LSTM directions together and must be even, got {hidden_size}")
+    if not 0 <= dropout < 1:
+        raise DistillError(f"dropout must be in [0, 1), got {dropout}")
+    if list(vocab[:2]) != [PAD, UNK]:
+        raise DistillError(f"a vocabulary must start with {PAD}, {UNK}; got {list(vocab[:2])}")
+
+
+def read_vocabulary(folder: str | Path, config: dict[str, Any], what: str = "words") -> list[str]:
+    """A BiLSTM student's ``vocab.json``: a list of ``config["vocab_size"]`` ``what`` (words, tokens)."""
+    path = Path(folder) / VOCAB_FILE
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DistillError(f"{path}: missing; the model folder is incomplete") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DistillError(f"{path}: corrupt vocabulary ({e})") from None
+    if not isinstance(vocab, list) or len(vocab) != config.get("vocab_size", len(vocab)):
+        raise DistillError(f"{path}: expected a list of {config.get('vocab_size')} {what}")
+    return vocab
+
+
 class BiLSTMTagger(Tagger):
     """Embeddings -> dropout -> BiLSTM -> dropout -> linear -> CRF, all per word.
 
@@ -56,16 +85,7 @@ class BiLSTMTagger(Tagger):
     def __init__(self, vocab: Sequence[str], labels: Sequence[str], embedding_dim: int = 128, hidden_size: int = 256,
                  lstm_layers: int = 1, dropout: float = 0.5, max_length: int = 512, meta: dict | None = None):
         super().__init__(labels, meta)
-        for name, value in (("embedding_dim", embedding_dim), ("hidden_size", hidden_size),
-                            ("lstm_layers", lstm_layers), ("max_length", max_length)):
-            if value < 1:
-                raise DistillError(f"{name} must be >= 1, got {value}")
-        if hidden_size % 2:
-            raise DistillError(f"hidden_size is both LSTM directions together and must be even, got {hidden_size}")
-        if not 0 <= dropout < 1:
-            raise DistillError(f"dropout must be in [0, 1), got {dropout}")
-        if list(vocab[:2]) != [PAD, UNK]:
-            raise DistillError(f"a vocabulary must start with {PAD}, {UNK}; got {list(vocab[:2])}")
+        check_bilstm_args(vocab, embedding_dim, hidden_size, lstm_layers, dropout, max_length)
         self.vocab = list(vocab)
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.embedding_dim, self.hidden_size, self.lstm_layers = embedding_dim, hidden_size, lstm_layers
@@ -198,15 +218,6 @@ class BiLSTMTagger(Tagger):
 
     @classmethod
     def build(cls, config, labels, meta, folder):
-        path = Path(folder) / VOCAB_FILE
-        try:
-            vocab = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DistillError(f"{path}: missing; the model folder is incomplete") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DistillError(f"{path}: corrupt vocabulary ({e})") from None
-        if not isinstance(vocab, list) or len(vocab) != config.get("vocab_size", len(vocab)):
-            raise DistillError(f"{path}: expected a list of {config.get('vocab_size')} words")
-        return cls(vocab, labels, embedding_dim=config["embedding_dim"], hidden_size=config["hidden_size"],
+        return cls(read_vocabulary(folder, config), labels, embedding_dim=config["embedding_dim"], hidden_size=config["hidden_size"],
                    lstm_layers=config["lstm_layers"], dropout=config["dropout"], max_length=config["max_length"],
                    meta=meta)
