@@ -41,6 +41,24 @@ def check_layers(teacher_layers: int, num_layers: int, layers: Sequence[int] | N
     return layers
 
 
+def encoder_from_layers(teacher_encoder, num_layers: int, layers: Sequence[int] | None):
+    """A new encoder of ``num_layers`` of ``teacher_encoder``'s layers (``layers``, default
+    :func:`default_layers`, checked by :func:`check_layers`) and its embeddings, copied; returns
+    (the encoder, the teacher's number of layers, the teacher layers kept). For the tagging and
+    the classification student alike."""
+    from transformers import AutoModel
+
+    total = teacher_encoder.config.num_hidden_layers
+    layers = check_layers(total, num_layers, layers)
+    config = copy.deepcopy(teacher_encoder.config)
+    config.num_hidden_layers = len(layers)
+    encoder = AutoModel.from_config(config, add_pooling_layer=False)
+    encoder.embeddings.load_state_dict(teacher_encoder.embeddings.state_dict())
+    for i, l in enumerate(layers):
+        encoder.encoder.layer[i].load_state_dict(teacher_encoder.encoder.layer[l].state_dict())
+    return encoder, total, layers
+
+
 class BertSmallTagger(BertTagger):
     """A ``bert-crf`` tagger that, while training with hidden-state matching, also
     returns its encoder's hidden states (so the one training loop can pass them to the
@@ -58,18 +76,9 @@ def build_bert_small(teacher: BertTagger, num_layers: int = 3, layers: Sequence[
                      meta: dict | None = None) -> BertSmallTagger:
     """A new BERT-CRF whose encoder is ``num_layers`` of ``teacher``'s layers (copied),
     with the teacher's embeddings, tokenizer, head and CRF."""
-    from transformers import AutoModel
-
     if not isinstance(teacher, BertTagger):
         raise DistillError(f"bert-small needs a BERT-CRF teacher (kind 'bert-crf'), got kind {getattr(teacher, 'kind', '?')!r}")
-    total = teacher.encoder.config.num_hidden_layers
-    layers = check_layers(total, num_layers, layers)
-    config = copy.deepcopy(teacher.encoder.config)
-    config.num_hidden_layers = len(layers)
-    encoder = AutoModel.from_config(config, add_pooling_layer=False)
-    encoder.embeddings.load_state_dict(teacher.encoder.embeddings.state_dict())
-    for i, l in enumerate(layers):
-        encoder.encoder.layer[i].load_state_dict(teacher.encoder.encoder.layer[l].state_dict())
+    encoder, total, layers = encoder_from_layers(teacher.encoder, num_layers, layers)
     student = BertSmallTagger(encoder, teacher.tokenizer, teacher.labels, head=teacher.head,
                               dropout=teacher.dropout_p, lstm_hidden=teacher.lstm_hidden,
                               max_length=teacher.max_length + 2, alignment=teacher.alignment,

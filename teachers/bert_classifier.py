@@ -17,7 +17,6 @@ The small student (:meth:`BertClassifier.from_teacher`) is the same kind of fold
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -125,11 +124,9 @@ class BertClassifier(Classifier):
     def from_teacher(cls, teacher: "BertClassifier | str | Path", num_layers: int = 3,
                      layers: Sequence[int] | None = None, meta: dict | None = None) -> "BertClassifier":
         """A small student: ``num_layers`` of the teacher's encoder layers (``layers``, default
-        evenly spaced, :func:`students.bert_small.check_layers`), copied with its embeddings,
+        evenly spaced, :func:`students.bert_small.encoder_from_layers`), copied with its embeddings,
         tokenizer, linear layer, dropout and ``max_length``. ``teacher``: a model or its folder."""
-        from transformers import AutoModel
-
-        from students.bert_small import check_layers
+        from students.bert_small import encoder_from_layers
 
         if not isinstance(teacher, BertClassifier):
             from distill.modeling import load_model
@@ -139,14 +136,7 @@ class BertClassifier(Classifier):
             if not isinstance(teacher, BertClassifier):
                 raise DistillError(f"{folder}: a small BERT student needs a BERT classifier teacher (kind 'bert-cls'), "
                                    f"got kind {getattr(teacher, 'kind', '?')!r}")
-        total = teacher.encoder.config.num_hidden_layers
-        layers = check_layers(total, num_layers, layers)
-        config = copy.deepcopy(teacher.encoder.config)
-        config.num_hidden_layers = len(layers)
-        encoder = AutoModel.from_config(config, add_pooling_layer=False)
-        encoder.embeddings.load_state_dict(teacher.encoder.embeddings.state_dict())
-        for i, l in enumerate(layers):
-            encoder.encoder.layer[i].load_state_dict(teacher.encoder.encoder.layer[l].state_dict())
+        encoder, total, layers = encoder_from_layers(teacher.encoder, num_layers, layers)
         student = cls(encoder, teacher.tokenizer, teacher.labels, dropout=teacher.dropout_p,
                       max_length=teacher.max_length,
                       meta={"role": "student", **(meta or {}), "teacher_layers": total, "layers": layers,
