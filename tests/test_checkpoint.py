@@ -48,9 +48,11 @@ def test_round_trip_restores_the_random_generators_and_plain_state(saved):
     assert list(path.parent.glob(".*.tmp")) == []  # written atomically: nothing left beside it
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "foreign"])
-def test_damaged_or_foreign_files_are_refused_in_one_line(saved, damage):
-    path, _ = saved
+DAMAGES = ["truncate", "garbage", "empty", "foreign"]
+
+
+def spoil(path, damage: str, foreign: object) -> None:
+    """Damage the checkpoint file ``path`` one of :data:`DAMAGES` ways ("foreign": ``foreign`` saved instead)."""
     data = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(data[: len(data) // 2])
@@ -59,7 +61,13 @@ def test_damaged_or_foreign_files_are_refused_in_one_line(saved, damage):
     elif damage == "empty":
         path.write_bytes(b"")
     else:
-        torch.save({"model": {}, "state": {}}, path)
+        torch.save(foreign, path)
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_or_foreign_files_are_refused_in_one_line(saved, damage):
+    path, _ = saved
+    spoil(path, damage, {"model": {}, "state": {}})
     with pytest.raises(DistillError) as e:
         checkpoint.load(path)
     msg = str(e.value)

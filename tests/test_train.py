@@ -12,6 +12,7 @@ import torch
 from distill.data import load_dataset
 from distill.errors import DistillError
 from distill.train import CHECKPOINT, LOG, SUMMARY, TrainConfig, default_loss, load_checkpoint, train
+from test_checkpoint import DAMAGES, spoil
 
 
 @pytest.fixture(scope="module")
@@ -114,20 +115,12 @@ def test_resume_refuses_what_does_not_fit(make_model, tiny_ds, tmp_path):
     assert again["done"] and again["global_step"] == 1
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "foreign"])
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_corrupt_checkpoint_is_refused_by_name(make_model, tiny_ds, tmp_path, damage):
     out = tmp_path / "m"
     train(make_model(), tiny_ds.train, tiny_ds.dev, out, cfg(max_steps=1), quiet=True)
     path = out.with_name("m.work") / CHECKPOINT
-    data = path.read_bytes()
-    if damage == "truncate":
-        path.write_bytes(data[: len(data) // 2])
-    elif damage == "garbage":
-        path.write_bytes(b"\x00\xff" * 100)
-    elif damage == "empty":
-        path.write_bytes(b"")
-    else:
-        torch.save({"weights": torch.zeros(2)}, path)
+    spoil(path, damage, {"weights": torch.zeros(2)})
     with pytest.raises(DistillError, match=rf"{path}: (corrupt checkpoint|not a distill checkpoint).*delete it"):
         train(make_model(), tiny_ds.train, tiny_ds.dev, out, cfg(max_steps=2), resume=True, quiet=True)
 
