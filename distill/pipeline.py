@@ -314,36 +314,21 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
     # the built-in transfer set is the MSRA train text outside the labelled budget: none without one
     builtin_data = train_ds.get("train") is None and train_ds.get("name", "msra") == "msra"
     transfer = list(profile.transfer) if builtin_data and train_ds.get("max_train") else []
-    names = list(STUDENTS)
-    if transfer and profile.kd_without_transfer:
-        names.insert(names.index("bilstm-crf-kd") + 1, "bilstm-crf-kd-labelled")
-    for name in names:
-        arch = "bert-small" if name.startswith("bert-small") else "bilstm-crf"
-        alpha = profile.alpha if "-kd" in name else 1.0
-        cfg = profile.bert_small if arch == "bert-small" else profile.bilstm
-        out = run_dir / name
-        source = teacher if arch == "bert-small" or alpha < 1 else None  # gold tags alone: no teacher
-        extra = transfer if alpha < 1 and not name.endswith("-labelled") else []
 
-        def run_student(resume: bool, out=out, arch=arch, alpha=alpha, cfg=cfg, source=source, extra=extra):
-            from students.train import train_student
+    def run_student(spec: StudentSpec, resume: bool):
+        from students.train import train_student
 
-            return train_student(out=out, teacher=source, arch=arch, dataset=train_ds, alpha=alpha,
-                                 temperature=profile.temperature, kd="emission", num_layers=profile.student_layers,
-                                 transfer=extra or None, transfer_ratio=profile.transfer_ratio if extra else None,
-                                 train_config=cfg, resume=resume, quiet=quiet)
+        return train_student(out=spec.out, teacher=spec.teacher, arch=spec.arch, dataset=train_ds, alpha=spec.alpha,
+                             temperature=profile.temperature, kd="emission", num_layers=profile.student_layers,
+                             transfer=spec.transfer or None, transfer_ratio=profile.transfer_ratio if spec.transfer else None,
+                             train_config=spec.config, resume=resume, quiet=quiet)
 
-        def student_params(arch=arch, alpha=alpha, cfg=cfg, source=source, extra=extra):
-            return _plain({"arch": arch, "alpha": alpha, "temperature": profile.temperature, "kd": "emission",
-                           "num_layers": profile.student_layers if arch == "bert-small" else None,
-                           "dataset": train_ds, "train_config": _config_key(cfg),
-                           "teacher_saved": _saved(source) if source else None,
-                           **({"transfer": extra, "transfer_ratio": profile.transfer_ratio} if extra else {})})
+    def student_params(spec: StudentSpec) -> dict:
+        return {"arch": spec.arch, "alpha": spec.alpha, "temperature": profile.temperature, "kd": "emission",
+                "num_layers": profile.student_layers if spec.arch == "bert-small" else None}
 
-        what = f"distilled, alpha {profile.alpha}, T {profile.temperature}" if alpha < 1 else "gold tags only"
-        what += f", transfer {'+'.join(extra)}" if extra else ""
-        steps.append(Step(name, f"student {name} ({what})", out, "distill.json", student_params, run_student,
-                          trains=True))
+    steps += student_steps(run_dir, teacher, profile, train_ds, transfer, names=STUDENTS, lstm="bilstm-crf",
+                           run=run_student, identity=student_params)
 
     methods = list(profile.quantize_methods) + (list(profile.gpu_methods) if cuda else [])
     steps += quantize_steps(run_dir, profile.quantize, methods, train_ds, quiet)
@@ -364,6 +349,55 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
                           run_prune, required=False))
 
     steps.append(report_step(run_dir, report_ds, threads, profile.latency_sentences, quiet))
+    return steps
+
+
+@dataclass
+class StudentSpec:
+    """One student of a plan: its folder, architecture, alpha (1: gold labels alone), training
+    config, the teacher it learns from (None: none) and its transfer sources."""
+
+    name: str
+    out: Path
+    arch: str
+    alpha: float
+    config: TrainConfig
+    teacher: Path | None
+    transfer: list[str]
+
+
+def student_steps(run_dir: Path, teacher: Path, profile, train_ds: dict, transfer: list[str], *, names,
+                  lstm: str, run: Callable[[StudentSpec, bool], Any], identity: Callable[[StudentSpec], dict],
+                  gold: str = "gold tags only") -> list[Step]:
+    """The students' training steps, taggers or classifiers alike: names starting ``bert-small``
+    are the small BERT, the others the ``lstm`` architecture; ``-kd`` names distil at the
+    profile's alpha and T with the ``transfer`` sources, and with a transfer set a
+    ``<lstm>-kd-labelled`` twin distils without it (``profile.kd_without_transfer``); the others
+    learn gold labels alone. ``run(spec, resume)`` trains one; ``identity(spec)`` gives its
+    own params, to which the data, schedule, teacher and transfer set are added here."""
+    names = list(names)
+    kd_lstm = next(n for n in names if n.endswith("-kd") and not n.startswith("bert-small"))
+    if transfer and profile.kd_without_transfer:
+        names.insert(names.index(kd_lstm) + 1, kd_lstm + "-labelled")
+    steps = []
+    for name in names:
+        arch = "bert-small" if name.startswith("bert-small") else lstm
+        alpha = profile.alpha if "-kd" in name else 1.0
+        spec = StudentSpec(name, run_dir / name, arch, alpha,
+                           profile.bert_small if arch == "bert-small" else profile.bilstm,
+                           teacher if arch == "bert-small" or alpha < 1 else None,  # gold alone: no teacher
+                           transfer if alpha < 1 and not name.endswith("-labelled") else [])
+
+        def params(spec=spec):
+            return _plain({**identity(spec), "dataset": train_ds, "train_config": _config_key(spec.config),
+                           "teacher_saved": _saved(spec.teacher) if spec.teacher else None,
+                           **({"transfer": spec.transfer, "transfer_ratio": profile.transfer_ratio}
+                              if spec.transfer else {})})
+
+        what = f"distilled, alpha {profile.alpha}, T {profile.temperature}" if alpha < 1 else gold
+        what += f", transfer {'+'.join(spec.transfer)}" if spec.transfer else ""
+        steps.append(Step(name, f"student {name} ({what})", spec.out, "distill.json", params,
+                          lambda resume, spec=spec: run(spec, resume), trains=True))
     return steps
 
 

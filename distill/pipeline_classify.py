@@ -114,7 +114,7 @@ def get_classify_profile(name: str) -> ClassifyProfile:
 def plan_classify(*, run_dir: Path, profile: ClassifyProfile, train_ds: dict, report_ds: dict,
                   backbone: str | None, cuda: bool, threads: int | None, quiet: bool) -> list:
     """The classification pipeline's steps, in order (see the module docstring)."""
-    from distill.pipeline import Step, _config_key, _plain, _saved, quantize_steps, report_step
+    from distill.pipeline import Step, StudentSpec, _config_key, _plain, quantize_steps, report_step, student_steps
 
     teacher = run_dir / "teacher"
     steps: list[Step] = []
@@ -133,38 +133,23 @@ def plan_classify(*, run_dir: Path, profile: ClassifyProfile, train_ds: dict, re
     # the built-in transfer set is the training split outside the labelled budget: none without one
     builtin = train_ds.get("train") is None and train_ds.get("name") == "sentiment"
     transfer = list(profile.transfer) if builtin and train_ds.get("max_train") else []
-    names = list(STUDENTS)
-    if transfer and profile.kd_without_transfer:
-        names.insert(names.index("bilstm-kd") + 1, "bilstm-kd-labelled")
-    for name in names:
-        arch = "bert-small" if name.startswith("bert-small") else "bilstm"
-        alpha = profile.alpha if "-kd" in name else 1.0
-        cfg = profile.bert_small if arch == "bert-small" else profile.bilstm
-        out = run_dir / name
-        source = teacher if arch == "bert-small" or alpha < 1 else None  # gold labels alone: no teacher
-        extra = transfer if alpha < 1 and not name.endswith("-labelled") else []
 
-        def run_student(resume: bool, out=out, arch=arch, alpha=alpha, cfg=cfg, source=source, extra=extra):
-            from students.classify import train_classifier_student
+    def run_student(spec: StudentSpec, resume: bool):
+        from students.classify import train_classifier_student
 
-            return train_classifier_student(out=out, teacher=source, arch=arch, dataset=train_ds, alpha=alpha,
-                                            temperature=profile.temperature, num_layers=profile.student_layers,
-                                            transfer=extra or None,
-                                            transfer_ratio=profile.transfer_ratio if extra else None,
-                                            train_config=cfg, resume=resume, quiet=quiet)
+        return train_classifier_student(out=spec.out, teacher=spec.teacher, arch=spec.arch, dataset=train_ds,
+                                        alpha=spec.alpha, temperature=profile.temperature,
+                                        num_layers=profile.student_layers, transfer=spec.transfer or None,
+                                        transfer_ratio=profile.transfer_ratio if spec.transfer else None,
+                                        train_config=spec.config, resume=resume, quiet=quiet)
 
-        def student_params(arch=arch, alpha=alpha, cfg=cfg, source=source, extra=extra):
-            return _plain({"task": "classify", "arch": arch, "alpha": alpha,
-                           "temperature": profile.temperature if alpha < 1 else None,
-                           "num_layers": profile.student_layers if arch == "bert-small" else None,
-                           "dataset": train_ds, "train_config": _config_key(cfg),
-                           "teacher_saved": _saved(source) if source else None,
-                           **({"transfer": extra, "transfer_ratio": profile.transfer_ratio} if extra else {})})
+    def student_params(spec: StudentSpec) -> dict:
+        return {"task": "classify", "arch": spec.arch, "alpha": spec.alpha,
+                "temperature": profile.temperature if spec.alpha < 1 else None,
+                "num_layers": profile.student_layers if spec.arch == "bert-small" else None}
 
-        what = f"distilled, alpha {profile.alpha}, T {profile.temperature}" if alpha < 1 else "gold labels only"
-        what += f", transfer {'+'.join(extra)}" if extra else ""
-        steps.append(Step(name, f"student {name} ({what})", out, "distill.json", student_params, run_student,
-                          trains=True))
+    steps += student_steps(run_dir, teacher, profile, train_ds, transfer, names=STUDENTS, lstm="bilstm",
+                           run=run_student, identity=student_params, gold="gold labels only")
 
     methods = list(profile.quantize_methods) + (list(profile.gpu_methods) if cuda else [])
     steps += quantize_steps(run_dir, profile.quantize, methods, train_ds, quiet)
