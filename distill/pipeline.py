@@ -81,22 +81,7 @@ class Profile:
     latency_sentences: int = 500
 
     def __post_init__(self):
-        for name in ("max_train", "max_dev", "max_test"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {v}")
-        if not 0 <= self.alpha < 1:
-            raise ValueError(f"alpha of the distilled students must be in [0, 1), got {self.alpha}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.student_layers < 1:
-            raise ValueError(f"student_layers must be >= 1, got {self.student_layers}")
-        if self.latency_sentences < 1:
-            raise ValueError(f"latency_sentences must be >= 1, got {self.latency_sentences}")
-        for src in self.quantize:
-            if src not in ("teacher",) + STUDENTS:
-                raise ValueError(f"cannot quantize {src!r}; expected teacher or one of {', '.join(STUDENTS)}")
-        check_methods(tuple(self.quantize_methods) + tuple(self.gpu_methods))
+        check_profile(self, STUDENTS)
         from quantize.prune import PRUNE_METHODS
 
         for method, sparsity in self.prune:
@@ -104,6 +89,28 @@ class Profile:
                 raise ValueError(f"unknown pruning method {method!r}; expected one of {', '.join(PRUNE_METHODS)}")
             if not 0 < sparsity < 1:
                 raise ValueError(f"pruning sparsity must be in (0, 1), got {sparsity}")
+
+
+def check_profile(profile, students) -> None:
+    """The checks every pipeline profile (tagging or classification) shares: data caps, alpha,
+    T, student layers, latency sentences, what to quantize (the teacher or one of ``students``)
+    and how (:func:`check_methods`)."""
+    for name in ("max_train", "max_dev", "max_test"):
+        v = getattr(profile, name)
+        if v is not None and v < 1:
+            raise ValueError(f"{name} must be >= 1 or None, got {v}")
+    if not 0 <= profile.alpha < 1:
+        raise ValueError(f"alpha of the distilled students must be in [0, 1), got {profile.alpha}")
+    if not profile.temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {profile.temperature}")
+    if profile.student_layers < 1:
+        raise ValueError(f"student_layers must be >= 1, got {profile.student_layers}")
+    if profile.latency_sentences < 1:
+        raise ValueError(f"latency_sentences must be >= 1, got {profile.latency_sentences}")
+    for src in profile.quantize:
+        if src not in ("teacher",) + tuple(students):
+            raise ValueError(f"cannot quantize {src!r}; expected teacher or one of {', '.join(students)}")
+    check_methods(tuple(profile.quantize_methods) + tuple(profile.gpu_methods))
 
 
 def check_methods(methods) -> None:

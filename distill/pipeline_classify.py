@@ -63,20 +63,9 @@ class ClassifyProfile:
     latency_sentences: int = 300
 
     def __post_init__(self):
-        for name in ("max_train", "max_dev", "max_test"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {v}")
-        if not 0 <= self.alpha < 1:
-            raise ValueError(f"alpha of the distilled students must be in [0, 1), got {self.alpha}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        for src in self.quantize:
-            if src not in ("teacher",) + STUDENTS:
-                raise ValueError(f"cannot quantize {src!r}; expected teacher or one of {', '.join(STUDENTS)}")
-        from distill.pipeline import check_methods
+        from distill.pipeline import check_profile
 
-        check_methods(tuple(self.quantize_methods) + tuple(self.gpu_methods))
+        check_profile(self, STUDENTS)
 
 
 def quick_profile() -> ClassifyProfile:
