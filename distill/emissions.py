@@ -136,12 +136,6 @@ class Emissions:
     def __getitem__(self, i: int) -> np.ndarray:
         return self.data[self.offsets[i] : self.offsets[i + 1]]
 
-    def attach(self, pieces) -> None:
-        """Give each training piece its slice of the teacher emissions as ``feature["teacher_emissions"]``
-        (collated into ``batch["teacher_emissions"]`` by :func:`distill.modeling.collate_extras`)."""
-        for p in pieces:
-            p.feature["teacher_emissions"] = np.array(self[p.sentence][p.start : p.end], dtype=np.float16)
-
     def check(self, corpus: Corpus, labels: Sequence[str]) -> None:
         """Refuse emissions made for other sentences or another label set."""
         if list(labels) != self.labels:

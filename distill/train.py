@@ -110,7 +110,6 @@ def train(
     cfg: TrainConfig,
     *,
     loss_fn: LossFn = default_loss,
-    extra_features: Callable[[Sequence[Piece]], None] | None = None,
     collate: Callable[[Sequence[Piece]], dict] | None = None,
     transfer: Corpus | None = None,
     transfer_ratio: float | None = None,
@@ -126,9 +125,7 @@ def train(
     over the batch's real words (``output.mask``): under several processes each
     computes it on its share of the batch, weighted by that share's words, so the
     averaged gradients are those of the whole batch. It gets the plain (unwrapped)
-    model and must not run the model's forward again. ``extra_features(pieces)`` may
-    add per-piece fields (e.g. teacher emissions) that the model's ``collate`` passes
-    through; ``collate(pieces) -> batch`` replaces ``model.collate`` of their features
+    model and must not run the model's forward again. ``collate(pieces) -> batch`` replaces ``model.collate`` of their features
     (e.g. to read teacher emissions per batch). The steps are :class:`distill.engine.Engine`'s;
     checkpoints and the log live in ``out_dir.work/``. Returns a JSON-clean summary (also
     written to ``out_dir.work/summary.json``).
@@ -160,8 +157,6 @@ def train(
     random.seed(cfg.seed)
     t0 = time.time()
     pieces, mixer, trained_on = _training_items(model, train_corpus, cfg, transfer, transfer_ratio, featurize)
-    if extra_features is not None:
-        extra_features(pieces)
     featurize_s = time.time() - t0
     words = [p.n_words for p in pieces]  # what the loss is a mean over
     padded = [piece_length(p) for p in pieces]  # what a batch pads (BERT: sub-tokens): batches are bucketed by it
