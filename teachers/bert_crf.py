@@ -447,7 +447,7 @@ def build_teacher(labels: Sequence[str], train_sentences, *, backbone: str | Non
     encoder, tokenizer, source = load_backbone(name, num_layers=num_layers, random_init=random_init)
     pruned = None
     if prune_vocab:
-        from quantize.vocab import is_unigram, prune_vocabulary, sentence_texts
+        from teachers.vocab import is_unigram, prune_vocabulary, sentence_texts
 
         if is_unigram(tokenizer):  # e5's 250k pieces: keep the rows this corpus needs
             texts = sentence_texts(train_sentences, unspaced=bool((meta or {}).get("char_level")))
