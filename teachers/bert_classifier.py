@@ -104,13 +104,13 @@ class BertClassifier(Classifier):
         None: :data:`teachers.backbones.DEFAULT_BACKBONE`), its first ``num_layers`` layers
         when given. With ``prune_vocab`` and ``texts`` (every text it will train on, transfer
         texts included), a SentencePiece vocabulary is pruned to the pieces of ``texts`` and
-        the single-character pieces of their scripts (:func:`quantize.vocab.prune_vocabulary`;
+        the single-character pieces of their scripts (:func:`teachers.vocab.prune_vocabulary`;
         e5's 250k rows otherwise make most of the model's size)."""
         name = backbone or DEFAULT_BACKBONE
         encoder, tokenizer, source = load_backbone(name, num_layers=num_layers, random_init=random_init)
         vocab: dict[str, Any] = {}
         if prune_vocab and texts:
-            from quantize.vocab import is_unigram, prune_vocabulary
+            from teachers.vocab import is_unigram, prune_vocabulary
 
             if is_unigram(tokenizer):
                 pruned = prune_vocabulary(tokenizer, encoder, texts)

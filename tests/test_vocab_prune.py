@@ -1,8 +1,8 @@
-"""Vocabulary pruning (quantize/vocab.py) on a tiny Unigram tokenizer and BERT built here
-(tests/conftest.py's make_sp_backbone) and on the tiny WordPiece backbone: the same
-pieces and encoder output on the pruning text, no <unk> for an unseen character of a kept
-script, kept ids that name the original pieces, and pruned teachers that train, save, load,
-export and predict as their source does."""
+"""Vocabulary pruning (teachers/vocab.py; quantize/vocab.py's prune stage) on a tiny Unigram
+tokenizer and BERT built here (tests/conftest.py's make_sp_backbone) and on the tiny WordPiece
+backbone: the same pieces and encoder output on the pruning text, no <unk> for an unseen
+character of a kept script, kept ids that name the original pieces, and pruned teachers that
+train, save, load, export and predict as their source does."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from distill.errors import DistillError
-from quantize.vocab import prune_vocabulary, sentence_texts
+from teachers.vocab import prune_vocabulary, sentence_texts
 
 
 def _load(backbone: Path):
