@@ -12,7 +12,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from distill import schemes
 from distill.errors import DataError, DistillError
@@ -128,19 +128,27 @@ def read_msra(path: str | Path, name: str = "") -> Corpus:
     return read_conll(path, char_level=True, name=name)
 
 
-def read_jsonl(path: str | Path, name: str = "") -> Corpus:
-    """One JSON object per line: ``{"tokens": [...], "tags": [...]}``."""
-    path = Path(path)
-    tokens, tags, tag_lines = [], [], []
-    for lineno, line in enumerate(_read_lines(path), 1):
+def json_lines(path: Path, lines: Iterable[str], expected: str) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` of each non-blank line of a JSON-lines file; a line
+    that is not JSON raises :class:`DataError` at its line, saying ``expected`` (the shape of
+    a line, e.g. ``{"text": ...}``). Both the tagging and the text readers parse with it."""
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(path, lineno, f"invalid JSON ({e.msg}); expected {{\"tokens\": [...], \"tags\": [...]}}") from None
+            raise DataError(path, lineno, f"invalid JSON ({e.msg}); expected {expected}") from None
         except RecursionError:
-            raise DataError(path, lineno, "JSON nested too deeply; expected {\"tokens\": [...], \"tags\": [...]}") from None
+            raise DataError(path, lineno, f"JSON nested too deeply; expected {expected}") from None
+        yield lineno, obj
+
+
+def read_jsonl(path: str | Path, name: str = "") -> Corpus:
+    """One JSON object per line: ``{"tokens": [...], "tags": [...]}``."""
+    path = Path(path)
+    tokens, tags, tag_lines = [], [], []
+    for lineno, obj in json_lines(path, _read_lines(path), '{"tokens": [...], "tags": [...]}'):
         if not isinstance(obj, dict) or not isinstance(obj.get("tokens"), list) or not isinstance(obj.get("tags"), list):
             raise DataError(path, lineno, 'expected an object with lists "tokens" and "tags"')
         toks, tgs = obj["tokens"], obj["tags"]

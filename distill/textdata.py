@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from distill.data import _cap_indices, _is_unicode, _read_lines
+from distill.data import _cap_indices, _is_unicode, _read_lines, json_lines
 from distill.errors import DataError, DistillError
 
 FORMATS = ("auto", "tsv", "csv", "jsonl", "txt")
@@ -240,15 +240,7 @@ def _csv_problem(message: str) -> str:
 def _read_jsonl(path: Path, labelled: bool) -> list[tuple[str, str | None, int]]:
     expected = '{"text": ..., "label": ...}' if labelled else '{"text": ...}'
     found = []
-    for lineno, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, lineno, f"invalid JSON ({e.msg}); expected {expected}") from None
-        except RecursionError:
-            raise DataError(path, lineno, f"JSON nested too deeply; expected {expected}") from None
+    for lineno, obj in json_lines(path, _lines(path), expected):
         if not isinstance(obj, dict):
             raise DataError(path, lineno, f"expected an object {expected}, got {type(obj).__name__}")
         text = obj.get("text")
