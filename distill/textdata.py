@@ -489,18 +489,12 @@ def text_transfer(spec: str | Path, ds: TextDataset, *, quiet: bool = False) -> 
     labelled training text; the counts are on the returned corpus (``dropped_overlap``,
     ``dropped_labelled``) and printed unless ``quiet``.
     """
+    from distill.transfer import drop_seen  # here, not at the top: distill.transfer imports torch (emissions)
+
     spec = str(spec)
     source = _transfer_source(spec, ds)
     held_out = ds.held_out or frozenset(ds.dev.texts) | frozenset(ds.test.texts)
-    labelled = set(ds.train.texts)
-    keep, overlap, duplicate = [], 0, 0
-    for i, text in enumerate(source.texts):
-        if text in held_out:
-            overlap += 1
-        elif text in labelled:
-            duplicate += 1
-        else:
-            keep.append(i)
+    keep, overlap, duplicate = drop_seen(source.texts, held_out, set(ds.train.texts))
     if not keep:
         raise DistillError(f"the transfer set {spec} has no text left after dropping {overlap} found in dev/test and "
                            f"{duplicate} identical to labelled training texts")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Container, Iterable, Sequence
 
 import numpy as np
 
@@ -126,6 +126,22 @@ class TransferSet:
                 "emissions": [str(s.emissions.folder) for s in self.sources]}
 
 
+def drop_seen(keys: Iterable[str], held_out: Container[str], labelled: Container[str]) -> tuple[list[int], int, int]:
+    """The overlap rule of a transfer set, for sentences and texts alike: ``(keep, overlap,
+    duplicate)``, the indices of ``keys`` found neither in ``held_out`` (dev and test) nor in
+    ``labelled`` (the training data, already trained on with gold labels), and how many were
+    dropped for each (a key in both counts as overlap)."""
+    keep, overlap, duplicate = [], 0, 0
+    for i, key in enumerate(keys):
+        if key in held_out:
+            overlap += 1
+        elif key in labelled:
+            duplicate += 1
+        else:
+            keep.append(i)
+    return keep, overlap, duplicate
+
+
 def _keys(corpora: Sequence[Corpus]) -> set[str]:
     return {sentence_key(t) for c in corpora for t in c.tokens}
 
@@ -145,15 +161,8 @@ def load_transfer(specs: Sequence[str | Path], *, teacher: str | Path, dataset: 
     read, overlap, duplicate = [], 0, 0
     for spec in specs:
         corpus = read_source(spec, dataset=dataset, char_level=char_level, pool=pool)
-        keep = []
-        for i, tokens in enumerate(corpus.tokens):
-            key = sentence_key(tokens)
-            if key in held_out:
-                overlap += 1
-            elif key in seen:
-                duplicate += 1
-            else:
-                keep.append(i)
+        keep, dropped_overlap, dropped_labelled = drop_seen(map(sentence_key, corpus.tokens), held_out, seen)
+        overlap, duplicate = overlap + dropped_overlap, duplicate + dropped_labelled
         read.append((str(spec), corpus, np.asarray(keep, dtype=np.int64)))
     if not sum(len(keep) for _, _, keep in read):
         raise DistillError(f"the transfer set {', '.join(map(str, specs))} has no sentence left after dropping "
