@@ -1,6 +1,6 @@
-"""Text-classification data: the TSV/CSV/JSONL/TXT readers and every error they give
-(file and line), datasets from the user's files, the built-in ``sentiment`` split
-(deduplicated, conflicts dropped, the same in every process), and transfer sets."""
+"""Text-classification data: the TSV/CSV/JSONL/TXT readers (distill.textcorpus) and every
+error they give (file and line), datasets from the user's files, the built-in ``sentiment``
+split (deduplicated, conflicts dropped, the same in every process), and transfer sets."""
 
 from __future__ import annotations
 
@@ -12,15 +12,8 @@ import sys
 import pytest
 
 from distill.errors import DataError, DistillError
-from distill.textdata import (
-    TextCorpus,
-    is_text_dataset,
-    load_text_dataset,
-    read_texts,
-    sentiment_counts,
-    sentiment_files,
-    text_transfer,
-)
+from distill.textcorpus import TextCorpus, read_texts
+from distill.textdata import is_text_dataset, load_text_dataset, sentiment_counts, sentiment_files, text_transfer
 
 
 @pytest.fixture(scope="module")
