@@ -32,11 +32,11 @@ from distill.crf import CRF
 from distill.errors import DistillError
 from distill.modeling import Tagger, TaggerOutput, collate_extras
 from teachers.backbones import DEFAULT_BACKBONE, resolve_backbone
+from teachers.vocab import METASPACE
 
 HEADS = ("crf", "bilstm-crf", "softmax")
 # How characters or words meet sub-tokens (see BertTagger's docstring).
 ALIGNMENTS = ("first", "char-pieces", "natural")
-METASPACE = "\u2581"  # SentencePiece's word-start marker
 SHAPE_SIDE = 8  # piece lengths and offsets of the natural alignment are capped at this
 
 
@@ -442,7 +442,7 @@ def build_teacher(labels: Sequence[str], train_sentences, *, backbone: str | Non
     """A new BERT-CRF from a backbone (built-in name, local folder or hub id; default
     :data:`teachers.backbones.DEFAULT_BACKBONE`). With ``prune_vocab``, a SentencePiece
     vocabulary is pruned to the pieces of ``train_sentences`` and their scripts
-    (:func:`quantize.vocab.prune_vocabulary`)."""
+    (:func:`teachers.vocab.prune_vocabulary`)."""
     name = backbone or DEFAULT_BACKBONE
     encoder, tokenizer, source = load_backbone(name, num_layers=num_layers, random_init=random_init)
     pruned = None
