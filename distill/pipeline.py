@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from distill.config import DEFAULT_DATASET, DataConfig
 from distill.errors import DistillError
 from distill.fileio import write_json
 from distill.train import TrainConfig
@@ -253,14 +254,15 @@ def _clock(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def normalise_dataset(dataset: dict | None, profile: Profile) -> tuple[dict, dict]:
-    """The training data kwargs (no test cap, so the report's test size never retrains anything)
-    and the report's data kwargs, with the profile's caps unless ``dataset`` sets them."""
-    name = "sentiment" if (dataset or {}).get("task") == "classify" else "msra"
-    base = {"name": name, "train": None, "dev": None, "test": None, "fmt": "auto",
-            "max_train": profile.max_train, "max_dev": profile.max_dev, "max_test": profile.max_test}
-    base.update({k: (str(v) if isinstance(v, Path) else v) for k, v in (dataset or {}).items()})
-    return dict(base, max_test=None), base
+def normalise_dataset(dataset: DataConfig | dict | None, profile: Profile) -> tuple[dict, dict]:
+    """The training data (no test cap, so the report's test size never retrains anything) and
+    the report's data, as the JSON form of a :class:`distill.config.DataConfig` (what the steps
+    record): the profile's caps unless ``dataset`` (the options given) sets them."""
+    given = DataConfig.of(dataset).to_json() if dataset is not None else {}
+    base = DataConfig(name="sentiment" if given.get("task") == "classify" else DEFAULT_DATASET,
+                      max_train=profile.max_train, max_dev=profile.max_dev, max_test=profile.max_test)
+    report = base.replace(**given)
+    return report.replace(max_test=None).to_json(), report.to_json()
 
 
 def extends_vocabulary(backbone: str | None, train_ds: dict) -> bool:
@@ -319,7 +321,7 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
                       run_emit))
 
     # the built-in transfer set is the MSRA train text outside the labelled budget: none without one
-    builtin_data = train_ds.get("train") is None and train_ds.get("name", "msra") == "msra"
+    builtin_data = DataConfig.from_json(train_ds).builtin == DEFAULT_DATASET
     transfer = list(profile.transfer) if builtin_data and train_ds.get("max_train") else []
 
     def run_student(spec: StudentSpec, resume: bool):
@@ -446,12 +448,12 @@ def report_step(run_dir: Path, report_ds: dict, threads: int | None, latency_sen
     return Step("report", "comparison report", run_dir / "report", "report.json", report_params, run_report)
 
 
-def run_pipeline(*, run_dir: str | Path, profile: str | Profile = "quick", dataset: dict | None = None,
+def run_pipeline(*, run_dir: str | Path, profile: str | Profile = "quick", dataset: DataConfig | dict | None = None,
                  backbone: str | None = None, threads: int | None = None, quiet: bool = False) -> list[dict[str, Any]]:
     """Run every step not already done into ``run_dir``; returns one record per step.
 
-    ``profile``: a name in :data:`PROFILES` or a :class:`Profile`; ``dataset``: kwargs of
-    :func:`distill.data.load_dataset` overriding the profile's (default: built-in msra); a text
+    ``profile``: a name in :data:`PROFILES` or a :class:`Profile`; ``dataset``: the data options
+    overriding the profile's (:class:`distill.config.DataConfig`; default: built-in msra); a text
     classification dataset (built-in ``sentiment``, or ``"task": "classify"``) runs
     :func:`distill.pipeline_classify.plan_classify` with the profile of that name there;
     ``backbone``: the teacher's encoder (default: bundled MiniLM). Raises DistillError
@@ -461,9 +463,7 @@ def run_pipeline(*, run_dir: str | Path, profile: str | Profile = "quick", datas
     import torch
     from rich.console import Console
 
-    from distill.textdata import is_text_dataset
-
-    classify = is_text_dataset(dataset or {})
+    classify = dataset is not None and DataConfig.of(dataset).is_text
     if isinstance(profile, str):
         from distill.pipeline_classify import get_classify_profile
 

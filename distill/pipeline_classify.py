@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from distill.config import DataConfig
 from distill.errors import DistillError
 from distill.train import TrainConfig
 
@@ -120,7 +121,7 @@ def plan_classify(*, run_dir: Path, profile: ClassifyProfile, train_ds: dict, re
                       run_teacher, trains=True))
 
     # the built-in transfer set is the training split outside the labelled budget: none without one
-    builtin = train_ds.get("train") is None and train_ds.get("name") == "sentiment"
+    builtin = DataConfig.from_json(train_ds).builtin == "sentiment"
     transfer = list(profile.transfer) if builtin and train_ds.get("max_train") else []
 
     def run_student(spec: StudentSpec, resume: bool):

@@ -141,20 +141,20 @@ def _default_command() -> str:
 
 
 def resolve_dataset(run_dir: Path, dataset: dict | None, max_test: int | None) -> dict[str, Any]:
-    """The test data: given kwargs, else the run's profile.json dataset, else the built-in msra."""
-    if dataset is None:
-        profile = Path(run_dir) / "profile.json"
-        dataset = {"name": "msra"}
-        if profile.exists():
-            try:
-                saved = json.loads(profile.read_text(encoding="utf-8"))
-                dataset = dict(saved["report_dataset"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DistillError(f"{profile}: corrupt or missing 'report_dataset'; pass --dataset/--test") from None
-    dataset = dict(dataset)
+    """The test data (the JSON form of a :class:`distill.config.DataConfig`): as given, else the
+    run's profile.json dataset, else the built-in msra."""
+    from distill.config import DEFAULT_DATASET, ConfigError, DataConfig
+
+    data = DataConfig.of(dataset) if dataset is not None else DataConfig.from_json({"name": DEFAULT_DATASET})
+    profile = Path(run_dir) / "profile.json"
+    if dataset is None and profile.exists():
+        try:
+            data = DataConfig.from_json(json.loads(profile.read_text(encoding="utf-8"))["report_dataset"])
+        except (json.JSONDecodeError, KeyError, TypeError, ConfigError):
+            raise DistillError(f"{profile}: corrupt or missing 'report_dataset'; pass --dataset/--test") from None
     if max_test is not None:
-        dataset["max_test"] = max_test
-    return dataset
+        data = data.replace(max_test=max_test)
+    return data.to_json()
 
 
 def check_report_args(run_dir, out, threads, latency_sentences, batch_size, warmup) -> tuple[Path, Path, int]:

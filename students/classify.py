@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from distill.config import DataConfig
 from distill.errors import DistillError
 from distill.train import TrainConfig
 
@@ -116,7 +117,7 @@ def _merge_transfer(parts: list, ratio: float | None):
     return corpus, meta
 
 
-def train_classifier_student(*, out: Path, teacher: Path | None, arch: str, dataset: dict, alpha: float = 0.5,
+def train_classifier_student(*, out: Path, teacher: Path | None, arch: str, dataset: DataConfig | dict, alpha: float = 0.5,
                              temperature: float = 1.0, transfer: list[str] | None = None,
                              transfer_ratio: float | None = None, num_layers: int = 3,
                              layers: list[int] | None = None, embedding_dim: int = BILSTM_SHAPE["embedding_dim"],
@@ -128,7 +129,7 @@ def train_classifier_student(*, out: Path, teacher: Path | None, arch: str, data
     """Train a classifier student into the model folder ``out``; returns the training summary.
 
     ``arch``: bilstm | bert-small. ``teacher``: a classifier folder (None only with ``alpha``
-    1 and bilstm). ``dataset``: kwargs of :func:`distill.textdata.load_text_dataset`.
+    1 and bilstm). ``dataset``: a text :class:`distill.config.DataConfig` (or its JSON form).
     ``alpha``, ``temperature``: the loss (module docstring). ``transfer``: transfer-set specs
     (:func:`distill.textdata.text_transfer`), ``transfer_ratio`` transfer texts per labelled
     text each epoch (None: all of them); the BiLSTM vocabulary also counts their tokens.
@@ -141,10 +142,11 @@ def train_classifier_student(*, out: Path, teacher: Path | None, arch: str, data
     import torch
 
     from distill.classify import ClassificationLoss, teacher_logits, train_classifier
-    from distill.textdata import load_text_dataset, text_transfer
+    from distill.textdata import text_transfer
 
     # --- every argument, before any work ---------------------------------
     check_classify_arch(arch)
+    data = DataConfig.of(dataset)
     ClassificationLoss(alpha, temperature)  # checks alpha and T
     teacher = Path(teacher) if teacher is not None else None
     teacher_info = _check_teacher(teacher, arch, alpha)
@@ -159,7 +161,7 @@ def train_classifier_student(*, out: Path, teacher: Path | None, arch: str, data
     if transfer_ratio is not None and not transfer_ratio > 0:
         raise DistillError(f"--transfer-ratio must be > 0 (transfer texts per labelled text), got {transfer_ratio}")
     cfg = train_config or default_classifier_train_config(arch)
-    ds = load_text_dataset(dataset)
+    ds = data.load_text()
     if teacher_info is not None and list(teacher_info["labels"]) != ds.labels:
         raise DistillError(f"{teacher}: teacher labels {teacher_info['labels']} differ from the training data's "
                            f"{ds.labels}; train the student on the teacher's label set")
@@ -188,7 +190,7 @@ def train_classifier_student(*, out: Path, teacher: Path | None, arch: str, data
     # the identity of the student (:func:`distill.report.student_identity`): options that do not
     # apply to ``arch`` are None, so a distilled student and its gold-only twin match
     params = {"task": "classify", "out": str(out), "teacher": str(teacher) if teacher is not None else None,
-              "arch": arch, "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()},
+              "arch": arch, "dataset": data.to_json(),
               "alpha": alpha, "temperature": temperature, **{k: opts[k] for k in (
                   "num_layers", "layers", "embedding_dim", "hidden_size", "lstm_layers", "dropout", "min_count",
                   "max_length")},
@@ -208,19 +210,19 @@ def train_classifier_student(*, out: Path, teacher: Path | None, arch: str, data
                                         **({"transfer": transfer_meta} if transfer_meta is not None else {})})
 
 
-def emit_teacher_logits(*, teacher: Path, dataset: dict, transfer: list[str] | None = None, batch_size: int = 64,
+def emit_teacher_logits(*, teacher: Path, dataset: DataConfig | dict, transfer: list[str] | None = None, batch_size: int = 64,
                         quiet: bool = False) -> list[Path]:
     """Compute (or find) the classifier teacher's logits that :func:`train_classifier_student`
     reads: those of the training texts of ``dataset`` and, for each ``transfer`` spec, of its
     texts after the same overlap rule; returns the cache files (``TEACHER/logits-*.npy``)."""
     from distill.classify import logits_path, teacher_logits
     from distill.modeling import read_meta
-    from distill.textdata import load_text_dataset, text_transfer
+    from distill.textdata import text_transfer
 
     info = read_meta(teacher)
     if (info.get("meta") or {}).get("task") != "classify":
         raise DistillError(f"{teacher}: a tagger (kind {info['kind']!r}), not a text classifier")
-    ds = load_text_dataset(dataset)
+    ds = DataConfig.of(dataset).load_text()
     if list(info["labels"]) != ds.labels:
         raise DistillError(f"{teacher}: teacher labels {info['labels']} differ from the data's {ds.labels}")
     sets = [ds.train.texts] if not transfer else [text_transfer(t, ds, quiet=quiet).texts for t in transfer]

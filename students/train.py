@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from distill.config import DataConfig
 from distill.errors import DistillError
 from distill.train import TrainConfig
 
@@ -102,7 +103,7 @@ def _check_teacher(teacher: Path | None, arch: str, kd_cfg, init_embeddings: boo
         raise DistillError("--teacher is required for --init-embeddings")
 
 
-def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", dataset: dict,
+def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", dataset: DataConfig | dict,
                   alpha: float = 0.5, temperature: float = 4.0, kd: str = "emission", hidden_weight: float = 0.0,
                   emissions: Path | None = None, num_layers: int = 3, layers: list[int] | None = None,
                   embedding_dim: int = 128, hidden_size: int = 256, lstm_layers: int = 1,
@@ -112,7 +113,7 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
                   resume: bool = False, quiet: bool = False) -> dict:
     """Train a student into the model folder ``out`` and return the training summary.
 
-    ``arch``: bilstm-crf | bert-small. ``dataset``: kwargs of :func:`distill.data.load_dataset`.
+    ``arch``: bilstm-crf | bert-small. ``dataset``: a :class:`distill.config.DataConfig` (or its JSON form).
     ``alpha``, ``temperature``, ``kd``, ``hidden_weight``: the loss (:mod:`distill.kd`).
     ``emissions``: the teacher's emissions folder (default TEACHER/emissions-train, made
     if missing). bert-small: ``num_layers`` teacher layers (``layers``, default evenly
@@ -128,13 +129,13 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
     """
     import torch
 
-    from distill.data import load_dataset
     from distill.kd import KDConfig, build_loss
     from distill.modeling import read_meta
     from distill.train import default_loss, train
 
     # --- every argument, before any work ---------------------------------
     kd_cfg = KDConfig(alpha=alpha, temperature=temperature, kd=kd, hidden_weight=hidden_weight)
+    data = DataConfig.of(dataset)
     check_arch(arch)
     teacher = Path(teacher) if teacher is not None else None
     _check_teacher(teacher, arch, kd_cfg, init_embeddings)
@@ -158,7 +159,7 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
         raise DistillError(f"{teacher}: the teacher has a softmax head (no CRF), so --kd {kd} is impossible; "
                            f"use --kd emission")
     cfg = train_config or default_train_config(arch)
-    ds = load_dataset(**dataset)
+    ds = data.load()
     if teacher_info is not None and list(teacher_info["labels"]) != ds.labels:
         raise DistillError(f"{teacher}: teacher labels {teacher_info['labels']} differ from the training data's "
                            f"{ds.labels}; train the student on the teacher's label set")
@@ -171,7 +172,7 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
         from distill.transfer import load_transfer
 
         char_level = bool(teacher_info.get("meta", {}).get("char_level", ds.train.char_level))
-        transfer_set = load_transfer(transfer, teacher=teacher, dataset=dataset, labelled=ds.train, labels=ds.labels,
+        transfer_set = load_transfer(transfer, teacher=teacher, dataset=data.to_json(), labelled=ds.train, labels=ds.labels,
                                      char_level=char_level, quiet=quiet)
         meta["transfer"] = transfer_set.meta(transfer_ratio)
     opts = {"num_layers": num_layers, "layers": layers, "embedding_dim": embedding_dim, "hidden_size": hidden_size,
@@ -184,14 +185,13 @@ def train_student(*, out: Path, teacher: Path | None, arch: str = "bilstm-crf", 
     # --- the loss ------------------------------------------------------------
     loss_fn, collate, em = default_loss, None, None
     if kd_cfg.alpha < 1 or kd_cfg.hidden_weight > 0:
-        wiring = build_loss(kd_cfg, model, teacher=teacher, dataset=dataset, corpus=ds.train, labels=ds.labels,
+        wiring = build_loss(kd_cfg, model, teacher=teacher, dataset=data.to_json(), corpus=ds.train, labels=ds.labels,
                             emissions=emissions, transfer=transfer_set, teacher_model=loaded_teacher, quiet=quiet)
         loss_fn, collate, em = wiring.loss_fn, wiring.collate, wiring.emissions
     del loaded_teacher  # only the loss keeps it, and only for hidden-state matching
 
     params = {"out": str(out), "teacher": str(teacher) if teacher is not None else None, "arch": arch,
-              "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()},
-              "alpha": alpha, "temperature": temperature, "kd": kd, "hidden_weight": hidden_weight,
+              "dataset": data.to_json(), "alpha": alpha, "temperature": temperature, "kd": kd, "hidden_weight": hidden_weight,
               "emissions": str(em.folder) if em is not None else (str(emissions) if emissions else None),
               "num_layers": num_layers, "layers": layers, "embedding_dim": embedding_dim, "hidden_size": hidden_size,
               "lstm_layers": lstm_layers, "dropout": dropout, "init_embeddings": init_embeddings,

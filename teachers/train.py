@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from distill.config import DataConfig
 from distill.data import load_dataset
 from distill.errors import DistillError
 from distill.train import TrainConfig, train
@@ -21,7 +22,7 @@ def _adapted(backbone: str | None) -> dict[str, str]:
     return {"backbone_finished": stamp} if stamp else {}
 
 
-def teacher_identity(*, backbone: str | None, dataset: dict[str, Any], train_config: TrainConfig, head: str = "crf",
+def teacher_identity(*, backbone: str | None, dataset: DataConfig | dict[str, Any], train_config: TrainConfig, head: str = "crf",
                      extend_vocab: bool = True, random_init: bool = False, num_layers: int | None = None,
                      freeze_layers: int = 0, dropout: float = 0.1, alignment: str = "auto", prune_vocab: bool = True,
                      max_length: int = 128) -> dict[str, Any]:
@@ -31,16 +32,15 @@ def teacher_identity(*, backbone: str | None, dataset: dict[str, Any], train_con
     return {"backbone": backbone, **_adapted(backbone), "head": head, "extend_vocab": extend_vocab,
             "random_init": random_init, "num_layers": num_layers, "freeze_layers": freeze_layers, "dropout": dropout,
             "alignment": alignment, "prune_vocab": prune_vocab, "max_length": max_length,
-            "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()},
-            "train_config": asdict(train_config)}
+            "dataset": DataConfig.of(dataset).to_json(), "train_config": asdict(train_config)}
 
 
-def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = None, head: str = "crf",
+def train_teacher(*, out: Path, dataset: DataConfig | dict[str, Any], backbone: str | None = None, head: str = "crf",
                   extend_vocab: bool = True, random_init: bool = False, num_layers: int | None = None,
                   freeze_layers: int = 0, dropout: float = 0.1, max_length: int = 128,
                   train_config: TrainConfig | None = None, resume: bool = False, quiet: bool = False,
                   alignment: str = "auto", decoding: str = "constrained", prune_vocab: bool = True) -> dict:
-    """Train a teacher on ``dataset`` (kwargs of :func:`distill.data.load_dataset`) into ``out``."""
+    """Train a teacher on ``dataset`` (:class:`distill.config.DataConfig`, or its JSON form) into ``out``."""
     import torch
 
     from teachers.bert_crf import build_teacher
@@ -50,7 +50,7 @@ def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = 
     if decoding not in DECODINGS:
         raise DistillError(f"--decoding must be one of {', '.join(DECODINGS)}, got {decoding!r}")
     cfg = train_config or TrainConfig()
-    ds = load_dataset(**dataset)
+    ds = load_dataset(**DataConfig.of(dataset).to_json())
     torch.manual_seed(cfg.seed)
     model = build_teacher(
         ds.labels, ds.train.tokens, backbone=backbone, head=head, extend_vocab=extend_vocab,
@@ -71,12 +71,12 @@ def train_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = 
     return train(model, ds.train, ds.dev, out, cfg, resume=resume, quiet=quiet, extra_meta={"params": params})
 
 
-def train_classifier_teacher(*, out: Path, dataset: dict[str, Any], backbone: str | None = None,
+def train_classifier_teacher(*, out: Path, dataset: DataConfig | dict[str, Any], backbone: str | None = None,
                              train_config: TrainConfig | None = None, max_length: int = 256, dropout: float = 0.1,
                              prune_vocab: bool = True, random_init: bool = False, num_layers: int | None = None,
                              resume: bool = False, quiet: bool = False) -> dict:
     """Fine-tune a BERT classifier (:class:`teachers.bert_classifier.BertClassifier`: mean
-    pooling, dropout, linear) on ``dataset`` (kwargs of :func:`distill.textdata.load_text_dataset`)
+    pooling, dropout, linear) on ``dataset`` (a text :class:`distill.config.DataConfig` or its JSON form)
     into ``out``; early stopping on dev macro-F1. ``backbone`` None: the built-in default
     (e5-small). ``max_length``: sub-tokens per text, longer texts keep head and tail.
     ``prune_vocab``: prune a SentencePiece vocabulary to the training texts' pieces;
@@ -84,11 +84,11 @@ def train_classifier_teacher(*, out: Path, dataset: dict[str, Any], backbone: st
     import torch
 
     from distill.classify import train_classifier
-    from distill.textdata import load_text_dataset
     from teachers.bert_classifier import BertClassifier
 
     cfg = train_config or TrainConfig()
-    ds = load_text_dataset(dataset)
+    data = DataConfig.of(dataset)
+    ds = data.load_text()
     torch.manual_seed(cfg.seed)
     model = BertClassifier.from_backbone(
         backbone, ds.labels, texts=ds.train.texts, prune_vocab=prune_vocab, random_init=random_init,
@@ -100,7 +100,6 @@ def train_classifier_teacher(*, out: Path, dataset: dict[str, Any], backbone: st
               + (f"; vocabulary pruned to {pruned['kept']} of {pruned['original']} pieces" if pruned else ""))
     params = {"task": "classify", "backbone": backbone, **_adapted(backbone), "max_length": max_length,
               "dropout": dropout, "prune_vocab": prune_vocab, "random_init": random_init, "num_layers": num_layers,
-              "dataset": {k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()},
-              "train_config": asdict(cfg)}
+              "dataset": data.to_json(), "train_config": asdict(cfg)}
     return train_classifier(model=model, data=ds, out=out, cfg=cfg, resume=resume, quiet=quiet,
                             extra_meta={"params": params})

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from distill.cli.common import DATASET, FORMAT, MAX_TRAIN, TAGS_FILE, TRAIN, dataset_kwargs, quiet_libraries
+from distill.cli.common import DATASET, FORMAT, MAX_TRAIN, TAGS_FILE, TRAIN, data_config, quiet_libraries
 from distill.cli.teacher import teacher_app
 
 
@@ -47,8 +47,8 @@ def adapt_cmd(
         raise DistillError("--text replaces the dataset; drop --train/--tags-file/--max-train or --text")
     summary = adapt_backbone(
         out=out, backbone=backbone, text=text,
-        dataset=None if text is not None else dataset_kwargs(dataset, train, None, None, fmt, max_train, None, None,
-                                                             tags_file=tags_file),
+        dataset=None if text is not None else data_config(dataset, train, None, None, fmt, max_train,
+                                                          tags_file=tags_file).to_json(),
         steps=steps, epochs=epochs, batch_size=batch_size, max_length=max_length, lr=lr, embedding_lr=embedding_lr,
         head_lr=head_lr, embeddings_only_steps=embeddings_only_steps, mask_prob=mask_prob, warmup=warmup, seed=seed,
         extend_vocab=extend_vocab, min_count=min_count, char_level=char_level, checkpoint_every=checkpoint_every,

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-DEFAULT_DATASET = "msra"
+from distill.config import DEFAULT_DATASET
 DATASET = typer.Option(DEFAULT_DATASET, "--dataset", help="Built-in dataset name (used when --train is not given).")
 TRAIN = typer.Option(None, "--train", help="Training file (CoNLL, MSRA, JSONL, or the text of two files); default: the built-in dataset.")
 DEV = typer.Option(None, "--dev", help="Dev file; default: a deterministic split carved from train.")
@@ -52,19 +52,6 @@ def quiet_libraries() -> None:
     logging.getLogger("torch").setLevel(logging.ERROR)
 
 
-def dataset_kwargs(dataset: str, train: Optional[Path], dev: Optional[Path], test: Optional[Path], fmt: str,
-                   max_train: Optional[int], max_dev: Optional[int], max_test: Optional[int], *,
-                   tags_file: Optional[Path] = None, dev_tags_file: Optional[Path] = None,
-                   test_tags_file: Optional[Path] = None) -> dict:
-    """:func:`distill.data.load_dataset` kwargs from the shared data options. Tag files are
-    included only when given, so the data a model records is unchanged without them."""
-    kwargs = dict(name=dataset, train=train, dev=dev, test=test, fmt=fmt,
-                  max_train=max_train, max_dev=max_dev, max_test=max_test)
-    tag_files = dict(tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
-    kwargs.update({k: v for k, v in tag_files.items() if v is not None})
-    return kwargs
-
-
 TASKS = ("tag", "classify")
 TEXT_DEFAULT_DATASET = "sentiment"  # the built-in dataset of --task classify
 
@@ -99,23 +86,24 @@ def model_task(folder: Optional[Path]) -> Optional[str]:
     return (read_meta(folder).get("meta") or {}).get("task") or "tag"
 
 
-def text_dataset_kwargs(dataset: str, train: Optional[Path], dev: Optional[Path], test: Optional[Path], fmt: str,
-                        max_train: Optional[int], max_dev: Optional[int], max_test: Optional[int], *,
-                        tags_file: Optional[Path] = None, dev_tags_file: Optional[Path] = None,
-                        test_tags_file: Optional[Path] = None) -> dict:
-    """:func:`distill.textdata.load_text_dataset` kwargs from the shared data options: those of
-    :func:`dataset_kwargs`, with the tagging default dataset read as the built-in ``sentiment``,
-    and ``"task": "classify"`` in place of a name for the user's own files (tag files are
-    kept, so the reader refuses them by name)."""
-    if train is not None:
-        name = None if dataset == DEFAULT_DATASET else dataset
-    else:
-        name = TEXT_DEFAULT_DATASET if dataset == DEFAULT_DATASET else dataset
-    kwargs = dataset_kwargs(name, train, dev, test, fmt, max_train, max_dev, max_test, tags_file=tags_file,
-                            dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
-    if train is not None:
-        kwargs["task"] = "classify"
-    return kwargs
+def data_config(dataset: str, train: Optional[Path], dev: Optional[Path], test: Optional[Path], fmt: str,
+                max_train: Optional[int] = None, max_dev: Optional[int] = None, max_test: Optional[int] = None, *,
+                tags_file: Optional[Path] = None, dev_tags_file: Optional[Path] = None,
+                test_tags_file: Optional[Path] = None, task: str = "tag"):
+    """The :class:`distill.config.DataConfig` of the shared data options (tag files recorded only
+    when given, so the data a model records is unchanged without them). ``task`` classify reads
+    the tagging default dataset as the built-in ``sentiment``, and marks the user's own files
+    ``"task": "classify"`` in place of a name (tag files are kept, so the reader refuses them
+    by name)."""
+    from distill.config import DataConfig
+
+    name: Optional[str] = dataset
+    if task == "classify" and dataset == DEFAULT_DATASET:
+        name = None if train is not None else TEXT_DEFAULT_DATASET
+    return DataConfig(name=name, train=train, dev=dev, test=test, fmt=fmt, max_train=max_train, max_dev=max_dev,
+                      max_test=max_test, tags_file=tags_file, dev_tags_file=dev_tags_file,
+                      test_tags_file=test_tags_file, task="classify" if task == "classify" and train is not None
+                      else None)
 
 
 def reject_options(task: str, given: dict[str, bool]) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from distill.cli import app
 from distill.cli.common import (DATASET, DEV, DEV_TAGS_FILE, FORMAT, FORMATS_HELP, MAX_TEST, TAGS_FILE, TEST,
-                                TEST_TAGS_FILE, TRAIN, dataset_kwargs, quiet_libraries, tags_option)
+                                TEST_TAGS_FILE, TRAIN, data_config, quiet_libraries, tags_option)
 from distill.errors import DistillError
 
 DECODING = typer.Option(None, help="constrained | free: Viterbi over valid BIO paths only (the default, "
@@ -33,8 +33,8 @@ def eval_cmd(
     quiet_libraries()
     from distill.predict import eval_model
 
-    data = dataset_kwargs(dataset, train, dev, test, fmt, None, None, max_test, tags_file=tags_file,
-                          dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
+    data = data_config(dataset, train, dev, test, fmt, max_test=max_test, tags_file=tags_file,
+                       dev_tags_file=dev_tags_file, test_tags_file=test_tags_file).to_json()
     metrics = eval_model(model=model, out=out, split=split, batch_size=batch_size, decoding=decoding, dataset=data)
     from distill.evaluate import format_metrics
     from distill.predict_classify import format_classification

@@ -14,7 +14,7 @@ import typer
 
 from distill.cli import app
 from distill.cli.common import (DATASET, DEFAULT_DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV, MAX_TRAIN, TAGS_FILE,
-                                TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs, quiet_libraries)
+                                TEST, TEST_TAGS_FILE, TRAIN, data_config, quiet_libraries)
 
 quantize_app = typer.Typer(no_args_is_help=True, help="Quantize a trained model: int8, onnx, onnx-int8, bnb8, fp16.")
 app.add_typer(quantize_app, name="quantize")
@@ -35,8 +35,8 @@ def _check_data(train: Optional[Path], dev: Optional[Path], fmt: str, tags_file:
         raise DistillError("--dev needs --train (the check otherwise uses the model's own training data)")
     if train is None and tags_file is None and dev_tags_file is None:
         return None
-    return dataset_kwargs(DEFAULT_DATASET, train, dev, None, fmt, None, None, None, tags_file=tags_file,
-                          dev_tags_file=dev_tags_file)
+    return data_config(DEFAULT_DATASET, train, dev, None, fmt, tags_file=tags_file,
+                       dev_tags_file=dev_tags_file).to_json()
 
 
 def _run(method: str, model: Path, out: Optional[Path], **options) -> None:
@@ -129,7 +129,7 @@ def prune_cmd(
 
     data = None
     if any(v is not None for v in (train, max_train, max_dev, tags_file, dev_tags_file, test_tags_file)):
-        data = dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, None, tags_file=tags_file,
-                              dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
+        data = data_config(dataset, train, dev, test, fmt, max_train, max_dev, tags_file=tags_file,
+                           dev_tags_file=dev_tags_file, test_tags_file=test_tags_file).to_json()
     prune(model=model, out=out, method=method, sparsity=sparsity, finetune_epochs=finetune_epochs, teacher=teacher,
           dataset=data, lr=lr, alpha=alpha, temperature=temperature, text=text)

@@ -9,21 +9,20 @@ import typer
 
 from distill.cli import app
 from distill.cli.common import (DEFAULT_DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV, MAX_TEST, MAX_TRAIN, TAGS_FILE,
-                                TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs, quiet_libraries, resolve_task, task_option,
-                                text_dataset_kwargs)
+                                TEST, TEST_TAGS_FILE, TRAIN, data_config, quiet_libraries, resolve_task, task_option)
 from distill.errors import DistillError
 
 THREADS = typer.Option(None, "--threads", help="Threads for every model (torch and ONNX Runtime); default: the CPU's cores.")
 
 
 def _dataset(dataset: Optional[str], train, dev, test, fmt: str, tags_file, dev_tags_file, test_tags_file,
-             max_train=None, max_dev=None, max_test=None) -> Optional[dict]:
-    """Dataset kwargs of the options given (so the run's own caps stay), or None when none
-    was: the command's own default."""
-    kwargs = dataset_kwargs(dataset or DEFAULT_DATASET, train, dev, test, fmt, max_train, max_dev, max_test,
-                            tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
-    given = {k: v for k, v in kwargs.items() if v is not None}
-    if dataset is None and fmt == "auto" and set(given) == {"name", "fmt"}:
+             max_train=None, max_dev=None, max_test=None, task: str = "tag"):
+    """The data of the options given (so the run's own caps stay), or None when none was: the
+    command's own default."""
+    given = data_config(dataset or DEFAULT_DATASET, train, dev, test, fmt, max_train, max_dev, max_test,
+                        tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file,
+                        task=task).given()
+    if task == "tag" and dataset is None and fmt == "auto" and set(given.keys) == {"name", "fmt"}:
         return None
     return given
 
@@ -50,7 +49,7 @@ def report_cmd(
     from distill.report import make_report
 
     data = _dataset(dataset, train, dev, test, fmt, tags_file, dev_tags_file, test_tags_file)
-    report = make_report(run_dir=run_dir, out=out, dataset=data, max_test=max_test,
+    report = make_report(run_dir=run_dir, out=out, dataset=data.to_json() if data else None, max_test=max_test,
                          threads=threads, latency_sentences=latency_sentences, batch_size=batch_size, warmup=warmup,
                          gpu=gpu)
     where = out or run_dir / "report"
@@ -78,11 +77,8 @@ def run_cmd(
     quiet_libraries()
     from distill.pipeline import run_pipeline
 
-    data = _dataset(dataset, train, dev, test, fmt, tags_file, dev_tags_file, test_tags_file, max_train, max_dev, max_test)
-    if resolve_task(task, dataset or DEFAULT_DATASET) == "classify":
-        data = text_dataset_kwargs(dataset or DEFAULT_DATASET, train, dev, test, fmt, max_train, max_dev, max_test,
-                                   tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
-        data = {k: v for k, v in data.items() if v is not None}  # the profile's caps stay unless given
+    data = _dataset(dataset, train, dev, test, fmt, tags_file, dev_tags_file, test_tags_file, max_train, max_dev,
+                    max_test, task=resolve_task(task, dataset or DEFAULT_DATASET))
     run_pipeline(run_dir=run_dir, profile=profile, backbone=backbone, threads=threads, quiet=quiet, dataset=data)
     if not Path(run_dir, "report", "report.json").exists():
         raise DistillError(f"{run_dir}: the pipeline finished without a report")

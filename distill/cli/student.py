@@ -10,9 +10,8 @@ import typer
 
 from distill.cli import app
 from distill.cli.common import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV,
-                                MAX_TEST, MAX_TRAIN, TAGS_FILE, TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs,
-                                model_task, quiet_libraries, reject_options, resolve_task, task_option,
-                                text_dataset_kwargs)
+                                MAX_TEST, MAX_TRAIN, TAGS_FILE, TEST, TEST_TAGS_FILE, TRAIN, data_config,
+                                model_task, quiet_libraries, reject_options, resolve_task, task_option)
 from distill.errors import DistillError
 
 
@@ -101,8 +100,8 @@ def student_cmd(
                                               checkpoint_every=checkpoint_every)
         summary = train_classifier_student(
             out=out, teacher=teacher, arch=arch,
-            dataset=text_dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test,
-                                        tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
+            dataset=data_config(dataset, train, dev, test, fmt, max_train, max_dev, max_test, tags_file=tags_file,
+                                dev_tags_file=dev_tags_file, test_tags_file=test_tags_file, task="classify"),
             alpha=alpha, temperature=1.0 if temperature is None else temperature,
             transfer=list(transfer or []) + [f"corpus:{p}" for p in transfer_corpus or []],
             transfer_ratio=transfer_ratio, num_layers=num_layers, layers=layer_list, embedding_dim=embedding_dim,
@@ -119,8 +118,8 @@ def student_cmd(
                                checkpoint_every=checkpoint_every)
     summary = train_student(
         out=out, teacher=teacher, arch=arch,
-        dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test, tags_file=tags_file,
-                               dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
+        dataset=data_config(dataset, train, dev, test, fmt, max_train, max_dev, max_test, tags_file=tags_file,
+                            dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
         alpha=alpha, temperature=temperature, kd=kd, hidden_weight=hidden_weight, emissions=emissions,
         num_layers=num_layers, layers=layer_list, embedding_dim=embedding_dim, hidden_size=hidden_size,
         lstm_layers=lstm_layers, dropout=dropout, init_embeddings=init_embeddings, min_count=min_count,

@@ -9,9 +9,8 @@ import typer
 
 from distill.cli import app
 from distill.cli.common import (CHECKPOINT_EVERY, CHECKPOINT_MINUTES, DATASET, DEV, DEV_TAGS_FILE, FORMAT, MAX_DEV,
-                                MAX_TEST, MAX_TRAIN, TAGS_FILE, TEST, TEST_TAGS_FILE, TRAIN, dataset_kwargs,
-                                model_task, quiet_libraries, reject_options, resolve_task, task_option,
-                                text_dataset_kwargs)
+                                MAX_TEST, MAX_TRAIN, TAGS_FILE, TEST, TEST_TAGS_FILE, TRAIN, data_config,
+                                model_task, quiet_libraries, reject_options, resolve_task, task_option)
 from distill.cli.predict import eval_cmd
 from distill.errors import DistillError
 
@@ -82,16 +81,16 @@ def train_cmd(
         reject_options(task, {"--head": head != "crf", "--freeze-layers": freeze_layers != 0,
                               "--alignment": alignment != "auto", "--decoding": decoding != "constrained"})
         summary = train_classifier_teacher(
-            out=out, dataset=text_dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test,
-                                                 tags_file=tags_file, dev_tags_file=dev_tags_file,
-                                                 test_tags_file=test_tags_file),
+            out=out, dataset=data_config(dataset, train, dev, test, fmt, max_train, max_dev, max_test,
+                                         tags_file=tags_file, dev_tags_file=dev_tags_file,
+                                         test_tags_file=test_tags_file, task=task),
             backbone=backbone, train_config=cfg, max_length=256 if max_length is None else max_length, dropout=dropout,
             prune_vocab=prune_vocab, random_init=random_init, num_layers=num_layers, resume=resume)
         print(f"best dev macro-F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
         return
     summary = train_teacher(
-        out=out, dataset=dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, max_test,
-                                        tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
+        out=out, dataset=data_config(dataset, train, dev, test, fmt, max_train, max_dev, max_test,
+                                     tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
         backbone=backbone, head=head, extend_vocab=extend_vocab, random_init=random_init, num_layers=num_layers,
         freeze_layers=freeze_layers, dropout=dropout, max_length=128 if max_length is None else max_length,
         train_config=cfg, resume=resume,
@@ -134,8 +133,8 @@ def emit_cmd(
             raise DistillError(f"--out {out}: a classifier teacher keeps its logits in its own folder ({model})")
         if text is not None and corpus is not None:
             raise DistillError("give --text or --corpus, not both (each is emitted into its own file)")
-        data = text_dataset(dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, None, tags_file=tags_file,
-                                           dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
+        data = text_dataset(data_config(dataset, train, dev, test, fmt, max_train, max_dev, tags_file=tags_file,
+                                        dev_tags_file=dev_tags_file, test_tags_file=test_tags_file).to_json(),
                             recorded_dataset(read_meta(model).get("meta") or {}))
         spec = f"text:{text}" if text is not None else f"corpus:{corpus}" if corpus is not None else None
         for path in emit_teacher_logits(teacher=model, dataset=data, transfer=[spec] if spec else None,
@@ -147,9 +146,9 @@ def emit_cmd(
                            source=str(text or corpus))
         print(f"emissions written to {folder}")
         return
-    data = dataset_kwargs(dataset, train, dev, test, fmt, max_train, max_dev, None, tags_file=tags_file,
-                          dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
-    folder = emit(model=model, out=out, dataset=data, batch_size=batch_size)
+    data = data_config(dataset, train, dev, test, fmt, max_train, max_dev, tags_file=tags_file,
+                       dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
+    folder = emit(model=model, out=out, dataset=data.to_json(), batch_size=batch_size)
     print(f"emissions written to {folder}")
 
 
