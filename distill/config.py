@@ -26,12 +26,13 @@ def _show(value: Any) -> str:
 
 class ConfigError(DistillError, ValueError):
     """A config value out of range: one line saying which option, what was expected and what
-    was given (``--max-train must be an integer >= 1 or None, got 0``). A :class:`DistillError`,
-    so the CLI prints it as a one-line error; also a ``ValueError``, as the checks it replaces raised."""
+    was given (``--max-train must be an integer >= 1 or None, got 0``), or, for options that do
+    not go together, the whole sentence as ``option`` alone. A :class:`DistillError`, so the CLI
+    prints it as a one-line error; also a ``ValueError``, as the checks it replaces raised."""
 
-    def __init__(self, option: str, expected: str, got: Any):
+    def __init__(self, option: str, expected: str | None = None, got: Any = None):
         self.option, self.expected, self.got = option, expected, got
-        super().__init__(f"{option} must be {expected}, got {_show(got)}")
+        super().__init__(option if expected is None else f"{option} must be {expected}, got {_show(got)}")
 
 
 def check_count(option: str, value: Any, low: int = 1, optional: bool = True) -> None:

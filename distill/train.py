@@ -38,6 +38,7 @@ import torch
 from distill.checkpoint import CHECKPOINT, plain, work_folder
 from distill.checkpoint import load as load_checkpoint  # noqa: F401  (callers read a run's checkpoint here)
 from distill.data import Corpus
+from distill.config import ConfigError
 from distill.engine import Engine, adamw, linear_schedule
 from distill.errors import DistillError
 from distill.evaluate import evaluate
@@ -69,19 +70,19 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(name, ">= 1", getattr(self, name))
         for name in ("lr", "head_lr", "crf_lr"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(name, "> 0", getattr(self, name))
         if self.embedding_lr is not None and not self.embedding_lr > 0:
-            raise ValueError(f"embedding_lr must be > 0, got {self.embedding_lr}")
+            raise ConfigError("embedding_lr", "> 0", self.embedding_lr)
         if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
+            raise ConfigError("warmup", "in [0, 1)", self.warmup)
         for name in ("clip", "weight_decay", "checkpoint_minutes", "checkpoint_every"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(name, ">= 0", getattr(self, name))
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 (or None), got {self.max_steps}")
+            raise ConfigError("max_steps", ">= 1 (or None)", self.max_steps)
 
 
 LossFn = Callable[[Any, Any, dict], "tuple[torch.Tensor, dict[str, float]]"]

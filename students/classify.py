@@ -52,11 +52,7 @@ def check_classify_arch(arch: str) -> None:
 def default_classifier_train_config(arch: str, **overrides: Any) -> TrainConfig:
     """The training config of a classifier student ``arch``, with the given (non-None) fields overridden."""
     check_classify_arch(arch)
-    fields = dict(DEFAULT_CLASSIFY_TRAIN[arch], **{k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig(**fields)
-    except (ValueError, TypeError) as e:
-        raise DistillError(str(e)) from None
+    return TrainConfig(**dict(DEFAULT_CLASSIFY_TRAIN[arch], **{k: v for k, v in overrides.items() if v is not None}))
 
 
 def _build_bilstm(ds, transfer, teacher: Path | None, opts: dict, meta: dict):

@@ -43,11 +43,7 @@ def check_arch(arch: str) -> None:
 def default_train_config(arch: str, **overrides: Any) -> TrainConfig:
     """The training config for ``arch``, with the given (non-None) fields overridden."""
     check_arch(arch)
-    fields = dict(DEFAULT_TRAIN[arch], **{k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig(**fields)
-    except (ValueError, TypeError) as e:
-        raise DistillError(str(e)) from None
+    return TrainConfig(**dict(DEFAULT_TRAIN[arch], **{k: v for k, v in overrides.items() if v is not None}))
 
 
 def _load_teacher(teacher: Path):

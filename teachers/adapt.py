@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from distill import checkpoint
+from distill.config import ConfigError
 from distill.data import Corpus, _read_lines, load_dataset, split_text
 from distill.engine import Engine, adamw, linear_schedule
 from distill.errors import DataError, DistillError
@@ -67,25 +68,25 @@ class AdaptConfig:
 
     def __post_init__(self):
         if self.steps is not None and self.epochs is not None:
-            raise ValueError(f"give steps or epochs, not both (got steps={self.steps}, epochs={self.epochs})")
+            raise ConfigError(f"give steps or epochs, not both (got steps={self.steps}, epochs={self.epochs})")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise ConfigError("steps", ">= 1", self.steps)
         if self.epochs is not None and not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+            raise ConfigError("epochs", "> 0", self.epochs)
         for name in ("batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(name, ">= 1", getattr(self, name))
         if self.max_length < 3:
-            raise ValueError(f"max_length must be >= 3 ([CLS], a token, [SEP]), got {self.max_length}")
+            raise ConfigError("max_length", ">= 3 ([CLS], a token, [SEP])", self.max_length)
         for name in ("lr", "embedding_lr", "head_lr"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(name, "> 0", getattr(self, name))
         if self.embeddings_only_steps < 0:
-            raise ValueError(f"embeddings_only_steps must be >= 0, got {self.embeddings_only_steps}")
+            raise ConfigError("embeddings_only_steps", ">= 0", self.embeddings_only_steps)
         if not 0 < self.mask_prob < 1:
-            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+            raise ConfigError("mask_prob", "in (0, 1)", self.mask_prob)
         if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
+            raise ConfigError("warmup", "in [0, 1)", self.warmup)
 
 
 # ---------------------------------------------------------------------------
@@ -304,13 +305,10 @@ def adapt_backbone(*, out: Path, backbone: str | None = None, text: Path | None 
     ``out.work/``. ``config`` replaces the hyperparameter arguments. Returns the summary
     written to ``out/adapt.json``.
     """
-    try:
-        cfg = config or AdaptConfig(
-            steps=steps, epochs=epochs, batch_size=batch_size, max_length=max_length, lr=lr, embedding_lr=embedding_lr,
-            head_lr=head_lr, embeddings_only_steps=embeddings_only_steps, mask_prob=mask_prob, warmup=warmup, seed=seed,
-            checkpoint_every=checkpoint_every)
-    except ValueError as e:
-        raise DistillError(str(e)) from None
+    cfg = config or AdaptConfig(
+        steps=steps, epochs=epochs, batch_size=batch_size, max_length=max_length, lr=lr, embedding_lr=embedding_lr,
+        head_lr=head_lr, embeddings_only_steps=embeddings_only_steps, mask_prob=mask_prob, warmup=warmup, seed=seed,
+        checkpoint_every=checkpoint_every)
     if text is not None and dataset is not None:
         raise DistillError("give a text file or a dataset, not both")
     out = Path(out)

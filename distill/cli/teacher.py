@@ -70,13 +70,9 @@ def train_cmd(
     task = resolve_task(task, dataset)
     if lr is None:  # the e5-small recipes: 2e-4 for the BERT-CRF, 1e-4 for the classifier (distill run's)
         lr = 1e-4 if task == "classify" else 2e-4
-    try:
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr, head_lr=head_lr,
-                          crf_lr=crf_lr, warmup=warmup, clip=clip, patience=patience, seed=seed, max_steps=max_steps,
-                          checkpoint_minutes=checkpoint_minutes, checkpoint_every=checkpoint_every)
-    except ValueError as e:
-        from distill.errors import DistillError
-        raise DistillError(str(e)) from None
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr, head_lr=head_lr,
+                      crf_lr=crf_lr, warmup=warmup, clip=clip, patience=patience, seed=seed, max_steps=max_steps,
+                      checkpoint_minutes=checkpoint_minutes, checkpoint_every=checkpoint_every)
     if task == "classify":
         reject_options(task, {"--head": head != "crf", "--freeze-layers": freeze_layers != 0,
                               "--alignment": alignment != "auto", "--decoding": decoding != "constrained"})
