@@ -9,7 +9,8 @@ import itertools
 import pytest
 import torch
 
-from distill.crf import CRF, _log_partition_logspace, _marginals_logspace
+from distill.crf import CRF
+from distill.crf_forward_backward import _log_partition_logspace, _marginals_logspace
 
 torchcrf = pytest.importorskip("torchcrf")
 
