@@ -204,7 +204,7 @@ def latency_child(model_dir: str, n: int, threads: int) -> dict:
             (emissions,) = timed(STAGES[3], session.run, ["emissions"], feed)
             timed(STAGES[4], decoder.decode, emissions, feed["word_mask"].sum(1))
         else:  # the whole ONNX graph, its Viterbi inside
-            from quantize.onnx_export import run_session
+            from quantize.onnx_session import run_session
 
             timed(STAGES[3], run_session, session, batch)
 

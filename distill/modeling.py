@@ -34,7 +34,7 @@ MODEL_KINDS: dict[str, str] = {
     "bert-cls": "teachers.bert_classifier:BertClassifier",
     "bilstm-cls": "students.bilstm_classifier:BiLSTMClassifier",
     "torch-int8": "quantize.int8:Int8Tagger",
-    "onnx": "quantize.onnx_export:OnnxTagger",
+    "onnx": "quantize.onnx_session:OnnxTagger",
     "bnb8": "quantize.bnb:Bnb8Tagger",
     "fp16": "quantize.fp16:HalfTagger",
 }

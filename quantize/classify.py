@@ -14,7 +14,7 @@ that differ from taggers. The commands are the taggers' (:func:`quantize.api.qua
   argmax); the class names are in the file's metadata (``labels``, JSON), so a bare
   ``onnxruntime.InferenceSession`` classifies text with nothing of distill but the
   tokenizer. A BiLSTM's layers run as ONNX ``LSTM`` nodes with ``sequence_lens``
-  (:class:`quantize.onnx_export.MaskedBiLSTM`), as packing runs them in PyTorch.
+  (:class:`quantize.onnx_graph.MaskedBiLSTM`), as packing runs them in PyTorch.
   :class:`OnnxClassifier` runs the file for ``distill eval``/``predict``.
 * Pruning: head importance with the cross-entropy of the gold labels, and the fine-tune
   through :func:`distill.classify.train_classifier` (KD over logits from a teacher).
@@ -115,7 +115,7 @@ class ClassifierGraph(nn.Module):
 
     def __init__(self, source):
         super().__init__()
-        from quantize.onnx_export import MaskedBiLSTM
+        from quantize.onnx_graph import MaskedBiLSTM
 
         if source.kind not in ("bert-cls", "bilstm-cls"):
             raise DistillError(f"ONNX export supports bert-cls and bilstm-cls classifiers, not {source.kind!r}")
@@ -156,7 +156,7 @@ def export_classifier_graph(source, path: Path, example: dict[str, Tensor]) -> N
     length, the class names in its metadata."""
     import onnx
 
-    from quantize.onnx_export import dynamo_export
+    from quantize.onnx_graph import dynamo_export
 
     graph = ClassifierGraph(source).eval().requires_grad_(False)
     batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
@@ -226,7 +226,7 @@ class OnnxClassifier:
     @classmethod
     def load(cls, folder: Path, info: dict[str, Any], device: str = "auto", threads: int | None = None) -> "OnnxClassifier":
         from quantize import build_skeleton
-        from quantize.onnx_export import ONNX_FILE, make_session
+        from quantize.onnx_session import ONNX_FILE, make_session
 
         path = folder / ONNX_FILE
         if not path.exists():

@@ -1,6 +1,6 @@
 """The ``tags`` half of an exported tagger graph, run in NumPy instead of ONNX Runtime.
 
-:func:`quantize.onnx_export.viterbi` exports the CRF's Viterbi as two ONNX ``Scan``
+:func:`quantize.onnx_graph.viterbi` exports the CRF's Viterbi as two ONNX ``Scan``
 loops; ONNX Runtime runs their bodies one small kernel at a time, several per word,
 which for a BiLSTM is a third of a batch-1 call. :class:`GraphDecoder` reads that
 Viterbi's constants from the file and replays its steps with the same float32
@@ -22,7 +22,7 @@ class GraphDecoder:
     the graph's own, bit for bit.
 
     :meth:`find` reads the constants from the graph's layout as
-    :func:`quantize.onnx_export.export_graph` writes it, and gives None for any other
+    :func:`quantize.onnx_graph.export_graph` writes it, and gives None for any other
     graph (a softmax head, another exporter), which then runs whole.
     """
 

@@ -233,7 +233,7 @@ def test_onnx_folder_predicts_like_the_source(name, onnx_folders, bert_cls, bils
 
 def test_onnx_check_fails_loudly_on_a_mismatch(onnx_folders, bert_cls, dev_texts):
     from quantize.classify import check_classifier_export
-    from quantize.onnx_export import make_session
+    from quantize.onnx_session import make_session
 
     source = load_model(bert_cls)
     with torch.no_grad():

@@ -58,7 +58,7 @@ def _random_lengths(rng, batch: int, longest: int) -> list[int]:
 
 def test_viterbi_scan_equals_crf_decode():
     from distill.schemes import allowed_transitions
-    from quantize.onnx_export import viterbi
+    from quantize.onnx_graph import viterbi
 
     torch.manual_seed(0)
     crf = CRF(5)
@@ -123,7 +123,8 @@ def test_onnx_folder_predicts_like_the_pytorch_model(bert_source, bert_onnx, tin
 
 def test_export_check_fails_loudly_on_a_mismatch(bert_source, bert_onnx, tiny_dataset_kwargs):
     from distill.data import load_dataset
-    from quantize.onnx_export import check_export, make_session
+    from quantize.onnx_export import check_export
+    from quantize.onnx_session import make_session
 
     source = load_model(bert_source)
     with torch.no_grad():
@@ -181,10 +182,10 @@ def _load_onnx(folder: Path, host_decoding: bool, monkeypatch):
     """The folder's OnnxTagger, its graph decoded in NumPy (BERT graphs too, which
     load_model runs whole) or whole."""
     from distill.modeling import read_meta
-    from quantize import onnx_export
+    from quantize import onnx_session
 
-    monkeypatch.setattr(onnx_export, "HOST_DECODING_KINDS", ("bilstm-crf", "bert-crf"))
-    return onnx_export.OnnxTagger.load(folder, read_meta(folder), "cpu", host_decoding=host_decoding)
+    monkeypatch.setattr(onnx_session, "HOST_DECODING_KINDS", ("bilstm-crf", "bert-crf"))
+    return onnx_session.OnnxTagger.load(folder, read_meta(folder), "cpu", host_decoding=host_decoding)
 
 
 @pytest.mark.parametrize("which", ["bilstm-int8", "bert"])
@@ -216,7 +217,7 @@ def test_onnx_one_sentence_at_a_time_tags_as_a_batch_does(bilstm_onnx_int8, tiny
     from distill.data import load_dataset
     from distill.evaluate import predict_ids
     from distill.modeling import read_meta
-    from quantize.onnx_export import OnnxTagger
+    from quantize.onnx_session import OnnxTagger
 
     model = load_model(bilstm_onnx_int8)
     assert model.decoder is not None
