@@ -17,7 +17,7 @@
    rounds. Target: ours no slower (ratio >= 1).
 
 3. With ``--latency MODEL ...``: batch-1 latency as the report measures it
-   (:func:`distill.bench.run_bench`: ``predict_ids(model, [sentence], batch_size=1)`` over
+   (:func:`distill.bench_measure.run_bench`: ``predict_ids(model, [sentence], batch_size=1)`` over
    test sentences spread evenly over the MSRA test set, after the same warm-up), with
    each call's stages timed apart: featurizing (``make_pieces``), ``collate``, the model
    (PyTorch forward, or the ONNX Runtime session) and decoding (the CRF's Viterbi, or
@@ -173,7 +173,7 @@ def latency_child(model_dir: str, n: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from distill.bench import latency_subset, pin_onnxruntime_threads
+    from distill.bench_measure import latency_subset, pin_onnxruntime_threads
     from distill.data import msra_paths, read_msra
     from distill.evaluate import predict_ids
     from distill.features import make_pieces

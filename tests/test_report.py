@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from distill.bench import count_parameters, latency_subset
+from distill.bench_measure import count_parameters, latency_subset
 from distill.cli import app
 from distill.data import load_dataset
 from distill.errors import DistillError
