@@ -62,10 +62,12 @@ def runs(work: Path) -> list[dict]:
     import torch
 
     from distill.classify import train_classifier
+    from distill.config import TransferConfig
     from distill.data import read_msra, unlabelled_train
+    from distill.kd import KDConfig
     from distill.textdata import TextDataset
     from distill.train import TrainConfig
-    from students.train import default_train_config, train_student
+    from students.train import BiLSTMCRFConfig, default_train_config, train_student
     from teachers.adapt import adapt_backbone
     from teachers.bert_classifier import BertClassifier
     from teachers.train import train_teacher
@@ -85,8 +87,8 @@ def runs(work: Path) -> list[dict]:
     labelled = dict(data, max_train=20)  # the other 16 training sentences are the transfer text
     text = work / "raw.txt"
     text.write_text("\n".join("".join(s) for s in unlabelled_train(labelled).tokens) + "\n", encoding="utf-8")
-    train_student(out=work / "student", teacher=work / "teacher", dataset=labelled, transfer=[text],
-                  transfer_ratio=0.5, kd="both", quiet=True,
+    train_student(out=work / "student", teacher=work / "teacher", student=BiLSTMCRFConfig(), dataset=labelled,
+                  transfer=TransferConfig((text,), 0.5), kd=KDConfig(kd="both"), quiet=True,
                   train_config=default_train_config("bilstm-crf", epochs=2, batch_size=8, checkpoint_minutes=0))
     out.append(record("bilstm-crf student, KD + transfer", work / "student", ("model.safetensors",), "train_log.jsonl"))
 

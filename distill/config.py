@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from distill.errors import DistillError
 
@@ -41,6 +41,61 @@ def check_count(option: str, value: Any, low: int = 1, optional: bool = True) ->
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(option, f"an integer >= {low}" + (" or None" if optional else ""), value)
+
+
+def check_fraction(option: str, value: float | None) -> None:
+    """``value`` must be None or in [0, 1) (a dropout probability)."""
+    if value is not None and not 0 <= value < 1:
+        raise ConfigError(option, "in [0, 1)", value)
+
+
+class StudentBase:
+    """What the student configs of both tasks share (:class:`students.train.StudentConfig`,
+    :class:`students.classify.ClassifierStudentConfig`): ``num_layers`` None means as many as
+    ``layers``, else 3; ``dropout`` is a probability; :attr:`TRAIN` is the architecture's
+    training defaults."""
+
+    TRAIN: ClassVar[dict[str, Any]]  # the TrainConfig fields this architecture trains with by default
+
+    def __post_init__(self):
+        if self.num_layers is None:
+            object.__setattr__(self, "num_layers", len(self.layers) if self.layers is not None else 3)
+        check_fraction("--dropout", self.dropout)
+
+    @classmethod
+    def train_config(cls, **overrides: Any):
+        """The :class:`distill.train.TrainConfig` of this architecture, the given (non-None) fields overridden."""
+        from distill.train import TrainConfig
+
+        return TrainConfig(**dict(cls.TRAIN, **{k: v for k, v in overrides.items() if v is not None}))
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Unlabelled text a student learns from the teacher alone: ``sources`` (a text file,
+    ``corpus:FILE``, or a built-in set such as :attr:`BUILTIN`) and ``ratio`` transfer items
+    per labelled item in each epoch (None: the whole set once per epoch)."""
+
+    sources: tuple[str, ...] = ()
+    ratio: float | None = None
+
+    UNIT: ClassVar[str] = "sentence"  # what one item is, in messages
+    BUILTIN: ClassVar[str] = "msra:unlabelled"
+
+    def __post_init__(self):
+        object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
+        if self.ratio is not None and not self.sources:
+            raise ConfigError(f"--transfer-ratio needs a transfer set (--transfer FILE or {self.BUILTIN})")
+        if self.ratio is not None and not self.ratio > 0:
+            raise ConfigError("--transfer-ratio", f"> 0 (transfer {self.UNIT}s per labelled {self.UNIT})", self.ratio)
+
+
+@dataclass(frozen=True)
+class TextTransferConfig(TransferConfig):
+    """A text classifier's transfer set (texts, the built-in ``sentiment:unlabelled``)."""
+
+    UNIT: ClassVar[str] = "text"
+    BUILTIN: ClassVar[str] = "sentiment:unlabelled"
 
 
 # the keys every command's dataset has, and those it has only when given (in this order)

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from distill.config import DEFAULT_DATASET, DataConfig
+from distill.config import DEFAULT_DATASET, DataConfig, TransferConfig
 from distill.errors import DistillError
 from distill.fileio import write_json
 from distill.train import TrainConfig
@@ -325,11 +325,14 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
     transfer = list(profile.transfer) if builtin_data and train_ds.get("max_train") else []
 
     def run_student(spec: StudentSpec, resume: bool):
-        from students.train import train_student
+        from distill.kd import KDConfig
+        from students.train import STUDENTS, train_student
 
-        return train_student(out=spec.out, teacher=spec.teacher, arch=spec.arch, dataset=train_ds, alpha=spec.alpha,
-                             temperature=profile.temperature, kd="emission", num_layers=profile.student_layers,
-                             transfer=spec.transfer or None, transfer_ratio=profile.transfer_ratio if spec.transfer else None,
+        return train_student(out=spec.out, teacher=spec.teacher,
+                             student=STUDENTS[spec.arch](num_layers=profile.student_layers), dataset=train_ds,
+                             kd=KDConfig(alpha=spec.alpha, temperature=profile.temperature),
+                             transfer=TransferConfig(tuple(spec.transfer),
+                                                     profile.transfer_ratio if spec.transfer else None),
                              train_config=spec.config, resume=resume, quiet=quiet)
 
     def student_params(spec: StudentSpec) -> dict:

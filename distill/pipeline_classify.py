@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from distill.config import DataConfig
+from distill.config import DataConfig, TextTransferConfig
 from distill.errors import DistillError
 from distill.train import TrainConfig
 
@@ -125,12 +125,13 @@ def plan_classify(*, run_dir: Path, profile: ClassifyProfile, train_ds: dict, re
     transfer = list(profile.transfer) if builtin and train_ds.get("max_train") else []
 
     def run_student(spec: StudentSpec, resume: bool):
-        from students.classify import train_classifier_student
+        from students.classify import CLASSIFY_BUILDERS, train_classifier_student
 
-        return train_classifier_student(out=spec.out, teacher=spec.teacher, arch=spec.arch, dataset=train_ds,
-                                        alpha=spec.alpha, temperature=profile.temperature,
-                                        num_layers=profile.student_layers, transfer=spec.transfer or None,
-                                        transfer_ratio=profile.transfer_ratio if spec.transfer else None,
+        return train_classifier_student(out=spec.out, teacher=spec.teacher,
+                                        student=CLASSIFY_BUILDERS[spec.arch](num_layers=profile.student_layers),
+                                        dataset=train_ds, alpha=spec.alpha, temperature=profile.temperature,
+                                        transfer=TextTransferConfig(tuple(spec.transfer),
+                                                                    profile.transfer_ratio if spec.transfer else None),
                                         train_config=spec.config, resume=resume, quiet=quiet)
 
     def student_params(spec: StudentSpec) -> dict:

@@ -96,3 +96,58 @@ def test_a_bug_s_value_error_is_not_swallowed_by_main(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["distill", "student"])
     with pytest.raises(ValueError, match="a bug"):
         cli.main()
+
+
+# --- student configs -----------------------------------------------------------------
+
+
+def test_student_configs_hold_their_architecture_defaults():
+    from students.classify import CLASSIFY_BUILDERS
+    from students.train import STUDENTS
+
+    assert STUDENTS["bilstm-crf"].train_config().lr == 2e-3 and STUDENTS["bert-small"].train_config().epochs == 5
+    assert STUDENTS["bilstm-crf"].train_config(epochs=2, lr=None).epochs == 2
+    assert CLASSIFY_BUILDERS["bert-small"].train_config().epochs == 3
+    assert CLASSIFY_BUILDERS["bilstm"].train_config().clip == 5
+    assert STUDENTS["bilstm-crf"]().hidden_size == 256 and CLASSIFY_BUILDERS["bilstm"]().hidden_size == 512
+    assert STUDENTS["bert-small"]().num_layers == 3 and STUDENTS["bert-small"](layers=[0, 2]).num_layers == 2
+    assert STUDENTS["bilstm-crf"].TEMPERATURE == 4.0 and CLASSIFY_BUILDERS["bilstm"].TEMPERATURE == 1.0
+
+
+def test_student_params_are_recorded_as_before():
+    """A tagger records every shape option as given; a classifier records those of other
+    architectures as None and the BiLSTM's dropout as used."""
+    from students.classify import BertSmallClassifierConfig, BiLSTMClassifierConfig
+    from students.train import BertSmallConfig, BiLSTMCRFConfig
+
+    shape = dict(embedding_dim=128, hidden_size=256, lstm_layers=1, dropout=None)
+    assert BiLSTMCRFConfig().params() == {"num_layers": 3, "layers": None, **shape, "init_embeddings": False,
+                                          "min_count": 2, "max_length": 512}
+    assert list(BertSmallConfig(layers=[1]).params())[:2] == ["num_layers", "layers"]
+    assert BertSmallConfig(layers=[1]).params()["num_layers"] == 1
+    assert BiLSTMClassifierConfig().params() == {"num_layers": None, "layers": None, **dict(shape, hidden_size=512,
+                                                 dropout=0.1), "min_count": 2, "max_length": 512}
+    assert BertSmallClassifierConfig(dropout=0.2).params() == {
+        "num_layers": 3, "layers": None, "embedding_dim": None, "hidden_size": None, "lstm_layers": None,
+        "dropout": 0.2, "min_count": None, "max_length": None}
+
+
+def test_bad_student_options_say_expected_and_got():
+    from distill.config import TextTransferConfig, TransferConfig
+    from students.classify import classifier_student_class
+    from students.train import BiLSTMCRFConfig, student_class
+
+    for make, message in [
+        (lambda: BiLSTMCRFConfig(dropout=1.5), "--dropout must be in [0, 1), got 1.5"),
+        (lambda: TransferConfig(ratio=2.0),
+         "--transfer-ratio needs a transfer set (--transfer FILE or msra:unlabelled)"),
+        (lambda: TransferConfig(("a.txt",), 0), "--transfer-ratio must be > 0 (transfer sentences per labelled "
+                                                "sentence), got 0"),
+        (lambda: TextTransferConfig(("a.txt",), -1.0), "(transfer texts per labelled text), got -1.0"),
+        (lambda: student_class("transformer"), "unknown student architecture 'transformer'; expected one of "
+                                               "bilstm-crf, bert-small"),
+        (lambda: classifier_student_class("bilstm-crf"), "--arch bilstm-crf is a tagging student"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            make()
+        assert message in str(e.value)

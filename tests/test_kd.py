@@ -194,12 +194,13 @@ def test_alpha_one_is_exactly_plain_crf_training(tmp_path, tiny_dataset_kwargs, 
     from distill.data import load_dataset
     from distill.train import train
     from students.bilstm_crf import BiLSTMTagger, build_vocabulary
-    from students.train import BILSTM_DROPOUT, default_train_config, train_student
+    from students.train import BILSTM_DROPOUT, BiLSTMCRFConfig, default_train_config, train_student
 
     cfg = default_train_config("bilstm-crf", epochs=1, batch_size=8, max_steps=3, checkpoint_minutes=0)
     unused = tmp_path / "emissions"
-    summary = train_student(out=tmp_path / "kd", teacher=tiny_teacher, alpha=1.0, emissions=unused,
-                            dataset=tiny_dataset_kwargs, train_config=cfg, quiet=True)
+    summary = train_student(out=tmp_path / "kd", teacher=tiny_teacher, student=BiLSTMCRFConfig(),
+                            kd=KDConfig(alpha=1.0), emissions=unused, dataset=tiny_dataset_kwargs, train_config=cfg,
+                            quiet=True)
     assert not unused.exists()  # alpha 1 reads no teacher output
 
     ds = load_dataset(**tiny_dataset_kwargs)
@@ -221,13 +222,13 @@ def test_alpha_one_is_exactly_plain_crf_training(tmp_path, tiny_dataset_kwargs, 
 def test_emissions_for_other_data_or_labels_are_refused(tmp_path, tiny_dataset_kwargs, tiny_teacher):
     from distill.data import load_dataset
     from distill.emissions import emit, write
-    from students.train import default_train_config, train_student
+    from students.train import BiLSTMCRFConfig, default_train_config, train_student
 
     cfg = default_train_config("bilstm-crf", epochs=1, batch_size=8, max_steps=1, checkpoint_minutes=0)
     subset = emit(model=tiny_teacher, dataset=dict(tiny_dataset_kwargs, max_train=10), out=tmp_path / "sub", quiet=True)
     with pytest.raises(DistillError, match="fingerprint"):
-        train_student(out=tmp_path / "s1", teacher=tiny_teacher, emissions=subset, dataset=tiny_dataset_kwargs,
-                      train_config=cfg, quiet=True)
+        train_student(out=tmp_path / "s1", teacher=tiny_teacher, student=BiLSTMCRFConfig(), emissions=subset,
+                      dataset=tiny_dataset_kwargs, train_config=cfg, quiet=True)
     assert not (tmp_path / "s1").exists()
 
     ds = load_dataset(**tiny_dataset_kwargs)
@@ -235,19 +236,19 @@ def test_emissions_for_other_data_or_labels_are_refused(tmp_path, tiny_dataset_k
     arrays = [np.zeros((len(s), len(other)), dtype=np.float32) for s in ds.train.tokens]
     write(tmp_path / "labels", arrays, other, ds.train)
     with pytest.raises(DistillError, match="labels"):
-        train_student(out=tmp_path / "s2", teacher=tiny_teacher, emissions=tmp_path / "labels",
-                      dataset=tiny_dataset_kwargs, train_config=cfg, quiet=True)
+        train_student(out=tmp_path / "s2", teacher=tiny_teacher, student=BiLSTMCRFConfig(),
+                      emissions=tmp_path / "labels", dataset=tiny_dataset_kwargs, train_config=cfg, quiet=True)
     assert not (tmp_path / "s2").exists()
 
 
 def test_missing_emissions_are_made_and_used(tmp_path, tiny_dataset_kwargs, tiny_teacher):
     from distill.emissions import Emissions
-    from students.train import default_train_config, train_student
+    from students.train import BiLSTMCRFConfig, default_train_config, train_student
 
     cfg = default_train_config("bilstm-crf", epochs=1, batch_size=8, max_steps=2, checkpoint_minutes=0)
     folder = tmp_path / "em"
-    train_student(out=tmp_path / "s", teacher=tiny_teacher, emissions=folder, kd="both", dataset=tiny_dataset_kwargs,
-                  train_config=cfg, quiet=True)
+    train_student(out=tmp_path / "s", teacher=tiny_teacher, student=BiLSTMCRFConfig(), emissions=folder,
+                  kd=KDConfig(kd="both"), dataset=tiny_dataset_kwargs, train_config=cfg, quiet=True)
     em = Emissions(folder)
     assert em.meta["transitions"] is not None and len(em) == 36
     import json
@@ -261,12 +262,13 @@ def test_missing_emissions_are_made_and_used(tmp_path, tiny_dataset_kwargs, tiny
 
 def test_marginal_kd_needs_a_crf_teacher(tmp_path, tiny_backbone, tiny_dataset_kwargs):
     from distill.data import load_dataset
-    from students.train import train_student
+    from students.train import BiLSTMCRFConfig, train_student
     from teachers.bert_crf import build_teacher
 
     ds = load_dataset(**tiny_dataset_kwargs)
     folder = build_teacher(ds.labels, ds.train.tokens, backbone=str(tiny_backbone), head="softmax").save(tmp_path / "t")
     for kd in ("marginal", "both"):
         with pytest.raises(DistillError, match="softmax head"):
-            train_student(out=tmp_path / "s", teacher=folder, kd=kd, dataset=tiny_dataset_kwargs, quiet=True)
+            train_student(out=tmp_path / "s", teacher=folder, student=BiLSTMCRFConfig(), kd=KDConfig(kd=kd),
+                          dataset=tiny_dataset_kwargs, quiet=True)
     assert not (tmp_path / "s").exists() and not (folder / "emissions-train").exists()

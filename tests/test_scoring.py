@@ -106,14 +106,15 @@ def _scrambled(folder: Path, out: Path, noise: float) -> Path:
 def model_kinds(tiny_teacher, tiny_dataset_kwargs, tmp_path_factory) -> dict[str, Path]:
     from distill.train import TrainConfig
     from quantize.api import quantize
-    from students.train import train_student
+    from distill.kd import KDConfig
+    from students.train import BiLSTMCRFConfig, train_student
 
     root = tmp_path_factory.mktemp("kinds")
     teacher = _scrambled(tiny_teacher, root / "teacher", noise=1.0)
     # trained on the test sentences too, so it gets some entities right
     data = dict(tiny_dataset_kwargs, train=tiny_dataset_kwargs["test"])
-    train_student(out=root / "bilstm-src", teacher=None, alpha=1.0, dataset=data, embedding_dim=16, hidden_size=32,
-                  dropout=0.0, min_count=1, quiet=True,
+    train_student(out=root / "bilstm-src", teacher=None, kd=KDConfig(alpha=1.0), dataset=data, quiet=True,
+                  student=BiLSTMCRFConfig(embedding_dim=16, hidden_size=32, dropout=0.0, min_count=1),
                   train_config=TrainConfig(epochs=30, batch_size=4, lr=2e-2, embedding_lr=2e-2, head_lr=2e-2,
                                            patience=100, checkpoint_minutes=0))
     bilstm = _scrambled(root / "bilstm-src", root / "bilstm", noise=0.5)

@@ -17,7 +17,8 @@ from distill.modeling import load_model
 from distill.train import make_optimizer
 from students.bert_small import build_bert_small, check_layers, default_layers
 from students.bilstm_crf import PAD, UNK, BiLSTMTagger, build_vocabulary
-from students.train import default_train_config, train_student
+from distill.kd import KDConfig
+from students.train import BertSmallConfig, BiLSTMCRFConfig, default_train_config, train_student
 
 LABELS = ["O", "B-PER", "I-PER"]
 
@@ -154,8 +155,8 @@ def test_bilstm_init_embeddings_from_teacher(tiny_teacher):
 def test_bilstm_student_saves_its_own_vocabulary_and_needs_no_teacher(tmp_path, tiny_dataset_kwargs, tiny_teacher):
     cfg = default_train_config("bilstm-crf", epochs=1, batch_size=8, max_steps=3, checkpoint_minutes=0)
     out = tmp_path / "student"
-    train_student(out=out, teacher=tiny_teacher, alpha=0.5, dataset=tiny_dataset_kwargs, train_config=cfg,
-                  emissions=tmp_path / "em", init_embeddings=True, embedding_dim=16, quiet=True)
+    train_student(out=out, teacher=tiny_teacher, kd=KDConfig(alpha=0.5), dataset=tiny_dataset_kwargs, train_config=cfg,
+                  emissions=tmp_path / "em", student=BiLSTMCRFConfig(init_embeddings=True, embedding_dim=16), quiet=True)
     files = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "distill.json", "vocab.json"} <= files
     assert not any("tokenizer" in f or f == "vocab.txt" for f in files)
@@ -250,8 +251,9 @@ def test_hidden_matching_is_zero_for_a_copy_and_positive_for_a_cut(tiny_teacher,
 def test_bert_small_trains_saves_and_loads_as_bert_crf(tmp_path, tiny_dataset_kwargs, tiny_teacher):
     cfg = default_train_config("bert-small", epochs=1, batch_size=8, max_steps=2, checkpoint_minutes=0)
     out = tmp_path / "small"
-    train_student(out=out, teacher=tiny_teacher, arch="bert-small", num_layers=1, layers=[1], alpha=0.5, kd="both",
-                  hidden_weight=0.5, emissions=tmp_path / "em", dataset=tiny_dataset_kwargs, train_config=cfg, quiet=True)
+    train_student(out=out, teacher=tiny_teacher, student=BertSmallConfig(num_layers=1, layers=[1]),
+                  kd=KDConfig(alpha=0.5, kd="both", hidden_weight=0.5), emissions=tmp_path / "em",
+                  dataset=tiny_dataset_kwargs, train_config=cfg, quiet=True)
     info = json.loads((out / "distill.json").read_text())
     assert info["kind"] == "bert-crf" and info["config"]["num_layers"] == 1
     assert info["meta"]["role"] == "student" and info["meta"]["layers"] == [1]

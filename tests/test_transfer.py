@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from distill.config import TransferConfig
 from distill.crf import CRF
 from distill.errors import DistillError
 from distill.kd import DistillationLoss, KDConfig, teacher_crf
@@ -239,7 +240,7 @@ def test_transfer_emissions_are_memory_mapped_and_read_per_batch(tmp_path, teach
     from distill.data import load_dataset, read_text
     from distill.emissions import Emissions, compute, emit_text, text_folder
     from distill.modeling import load_model
-    from students.train import default_train_config, train_student
+    from students.train import BiLSTMCRFConfig, default_train_config, train_student
 
     # written a chunk at a time, the same numbers as computed at once
     monkeypatch.setattr(emissions, "TEXT_CHUNK", 5)
@@ -272,18 +273,18 @@ def test_transfer_emissions_are_memory_mapped_and_read_per_batch(tmp_path, teach
         return collate
     monkeypatch.setattr(transfer.TeacherEmissions, "collate", spy)
     cfg = default_train_config("bilstm-crf", epochs=1, batch_size=8, checkpoint_minutes=0)
-    train_student(out=tmp_path / "s", teacher=teacher, dataset=labelled, transfer=[text_file], train_config=cfg,
-                  quiet=True)
+    train_student(out=tmp_path / "s", teacher=teacher, student=BiLSTMCRFConfig(), dataset=labelled,
+                  transfer=TransferConfig((text_file,)), train_config=cfg, quiet=True)
     assert {s for s, _, _ in seen} == set(range(20 + 16))  # one epoch: all labelled and all transfer sentences
     assert all(mapped and not attached for _, mapped, attached in seen)
 
 
 def test_student_records_what_it_saw(tmp_path, teacher, labelled, text_file):
-    from students.train import default_train_config, train_student
+    from students.train import BiLSTMCRFConfig, default_train_config, train_student
 
     cfg = default_train_config("bilstm-crf", epochs=2, batch_size=8, checkpoint_minutes=0)
-    train_student(out=tmp_path / "s", teacher=teacher, dataset=labelled, transfer=[str(text_file)],
-                  transfer_ratio=0.5, train_config=cfg, quiet=True)
+    train_student(out=tmp_path / "s", teacher=teacher, student=BiLSTMCRFConfig(), dataset=labelled,
+                  transfer=TransferConfig((str(text_file),), 0.5), train_config=cfg, quiet=True)
     meta = json.loads((tmp_path / "s" / "distill.json").read_text())["meta"]
     assert meta["training"]["train_sentences"] == 20 and meta["training"]["transfer_sentences"] == 16
     assert meta["training"]["transfer_sentences_per_epoch"] == 10
@@ -297,13 +298,14 @@ def test_student_records_what_it_saw(tmp_path, teacher, labelled, text_file):
 def test_resume_mid_epoch_with_a_transfer_set_is_bit_identical(tmp_path, teacher, labelled, text_file, monkeypatch):
     import distill.train as dt
     from distill.train import CHECKPOINT, load_checkpoint
-    from students.train import default_train_config, train_student
+    from students.train import BiLSTMCRFConfig, default_train_config, train_student
 
     cfg = default_train_config("bilstm-crf", epochs=3, batch_size=8, checkpoint_minutes=0, patience=10)
 
     def run(out, resume=False):
-        return train_student(out=out, teacher=teacher, dataset=labelled, transfer=[text_file], transfer_ratio=0.5,
-                             kd="both", train_config=cfg, resume=resume, quiet=True)
+        return train_student(out=out, teacher=teacher, student=BiLSTMCRFConfig(), dataset=labelled,
+                             transfer=TransferConfig((text_file,), 0.5), kd=KDConfig(kd="both"), train_config=cfg,
+                             resume=resume, quiet=True)
     run(tmp_path / "ref")
 
     real = dt.train
@@ -333,17 +335,17 @@ def test_resume_mid_epoch_with_a_transfer_set_is_bit_identical(tmp_path, teacher
 
     # another transfer set is another run: resuming it is refused
     with pytest.raises(DistillError, match="other training data"):
-        train_student(out=tmp_path / "cut", teacher=teacher, dataset=labelled, transfer=[text_file],
-                      transfer_ratio=0.25, train_config=cfg, resume=True, quiet=True)
+        train_student(out=tmp_path / "cut", teacher=teacher, student=BiLSTMCRFConfig(), dataset=labelled,
+                      transfer=TransferConfig((text_file,), 0.25), train_config=cfg, resume=True, quiet=True)
 
 
 def test_viterbi_kd_and_bert_small_train_with_a_transfer_set(tmp_path, teacher, labelled, text_file):
-    from students.train import default_train_config, train_student
+    from students.train import STUDENTS, default_train_config, train_student
 
     for arch, kd in (("bilstm-crf", "viterbi"), ("bert-small", "emission")):
         cfg = default_train_config(arch, epochs=1, batch_size=8, max_steps=3, checkpoint_minutes=0)
-        train_student(out=tmp_path / arch, teacher=teacher, arch=arch, dataset=labelled, kd=kd, num_layers=1,
-                      transfer=[text_file], train_config=cfg, quiet=True)
+        train_student(out=tmp_path / arch, teacher=teacher, student=STUDENTS[arch](num_layers=1), dataset=labelled,
+                      kd=KDConfig(kd=kd), transfer=TransferConfig((text_file,)), train_config=cfg, quiet=True)
         info = json.loads((tmp_path / arch / "distill.json").read_text())
         assert info["meta"]["distillation"]["kd"] == kd and info["meta"]["training"]["transfer_sentences"] == 16
         record = json.loads((tmp_path / arch / "train_log.jsonl").read_text().splitlines()[0])
@@ -351,12 +353,14 @@ def test_viterbi_kd_and_bert_small_train_with_a_transfer_set(tmp_path, teacher, 
 
 
 def test_transfer_needs_distillation(tmp_path, teacher, labelled, text_file):
-    from students.train import train_student
+    from students.train import BiLSTMCRFConfig, train_student
 
     with pytest.raises(DistillError, match="alpha < 1"):
-        train_student(out=tmp_path / "s", teacher=teacher, alpha=1.0, dataset=labelled, transfer=[text_file], quiet=True)
+        train_student(out=tmp_path / "s", teacher=teacher, student=BiLSTMCRFConfig(), kd=KDConfig(alpha=1.0),
+                      dataset=labelled, transfer=TransferConfig((text_file,)), quiet=True)
     with pytest.raises(DistillError, match="needs a transfer set"):
-        train_student(out=tmp_path / "s", teacher=teacher, dataset=labelled, transfer_ratio=1.0, quiet=True)
+        train_student(out=tmp_path / "s", teacher=teacher, student=BiLSTMCRFConfig(), dataset=labelled,
+                      transfer=TransferConfig(ratio=1.0), quiet=True)
     assert not (tmp_path / "s").exists()
 
 

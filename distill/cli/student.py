@@ -82,47 +82,42 @@ def student_cmd(
     alpha * CRF NLL + (1 - alpha) * T^2 * KL(teacher || student); transfer sentences get the KD term alone.
     On a classifier teacher (or --task classify): alpha * CE(gold) + (1 - alpha) * T^2 * KL over the logits."""
     quiet_libraries()
-    from students.train import default_train_config, train_student
+    from distill.config import TextTransferConfig, TransferConfig
+    from distill.kd import KDConfig
 
     layer_list = parse_layers(layers)
-    if num_layers is None:
-        num_layers = len(layer_list) if layer_list is not None else 3
+    sources = list(transfer or []) + [f"corpus:{p}" for p in transfer_corpus or []]
+    train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr, head_lr=head_lr,
+                         crf_lr=crf_lr, warmup=warmup, clip=clip, patience=patience, max_steps=max_steps, seed=seed,
+                         checkpoint_minutes=checkpoint_minutes, checkpoint_every=checkpoint_every)
+    # the shape options given (the architecture's config has the defaults of those not given)
+    shape = {k: v for k, v in dict(num_layers=num_layers, layers=layer_list, embedding_dim=embedding_dim,
+                                   hidden_size=hidden_size, lstm_layers=lstm_layers, dropout=dropout,
+                                   min_count=min_count, max_length=max_length).items() if v is not None}
+    data = dict(dataset=dataset, train=train, dev=dev, test=test, fmt=fmt, max_train=max_train, max_dev=max_dev,
+                max_test=max_test, tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file)
     if resolve_task(task, dataset, model_task(teacher), teacher) == "classify":
-        from students.classify import BILSTM_SHAPE, default_classifier_train_config, train_classifier_student
+        from students.classify import classifier_student_class, train_classifier_student
 
         reject_options("classify", {"--kd": kd != "emission", "--hidden-weight": hidden_weight != 0,
                                     "--emissions": emissions is not None, "--init-embeddings": init_embeddings,
                                     "--crf-lr": crf_lr is not None})
-        arch = arch or "bilstm"
-        cfg = default_classifier_train_config(arch, epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr,
-                                              head_lr=head_lr, warmup=warmup, clip=clip, patience=patience,
-                                              max_steps=max_steps, seed=seed, checkpoint_minutes=checkpoint_minutes,
-                                              checkpoint_every=checkpoint_every)
+        student = classifier_student_class(arch or "bilstm")
         summary = train_classifier_student(
-            out=out, teacher=teacher, arch=arch,
-            dataset=data_config(dataset, train, dev, test, fmt, max_train, max_dev, max_test, tags_file=tags_file,
-                                dev_tags_file=dev_tags_file, test_tags_file=test_tags_file, task="classify"),
-            alpha=alpha, temperature=1.0 if temperature is None else temperature,
-            transfer=list(transfer or []) + [f"corpus:{p}" for p in transfer_corpus or []],
-            transfer_ratio=transfer_ratio, num_layers=num_layers, layers=layer_list, embedding_dim=embedding_dim,
-            hidden_size=BILSTM_SHAPE["hidden_size"] if hidden_size is None else hidden_size, lstm_layers=lstm_layers,
-            dropout=dropout, min_count=min_count, max_length=max_length, train_config=cfg, resume=resume)
+            out=out, teacher=teacher, student=student(**shape), dataset=data_config(**data, task="classify"),
+            alpha=alpha, temperature=student.TEMPERATURE if temperature is None else temperature,
+            transfer=TextTransferConfig(tuple(sources), transfer_ratio),
+            train_config=student.train_config(**train_options), resume=resume)
         print(f"best dev macro-F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
         return
-    arch = arch or "bilstm-crf"
-    temperature = 4.0 if temperature is None else temperature
-    hidden_size = 256 if hidden_size is None else hidden_size
-    cfg = default_train_config(arch, epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr,
-                               head_lr=head_lr, crf_lr=crf_lr, warmup=warmup, clip=clip, patience=patience,
-                               max_steps=max_steps, seed=seed, checkpoint_minutes=checkpoint_minutes,
-                               checkpoint_every=checkpoint_every)
+    from students.train import student_class, train_student
+
+    student = student_class(arch or "bilstm-crf")
     summary = train_student(
-        out=out, teacher=teacher, arch=arch,
-        dataset=data_config(dataset, train, dev, test, fmt, max_train, max_dev, max_test, tags_file=tags_file,
-                            dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
-        alpha=alpha, temperature=temperature, kd=kd, hidden_weight=hidden_weight, emissions=emissions,
-        num_layers=num_layers, layers=layer_list, embedding_dim=embedding_dim, hidden_size=hidden_size,
-        lstm_layers=lstm_layers, dropout=dropout, init_embeddings=init_embeddings, min_count=min_count,
-        max_length=max_length, transfer=list(transfer or []) + [f"corpus:{p}" for p in transfer_corpus or []],
-        transfer_ratio=transfer_ratio, train_config=cfg, resume=resume)
+        out=out, teacher=teacher, student=student(**shape, init_embeddings=init_embeddings),
+        dataset=data_config(**data),
+        kd=KDConfig(alpha=alpha, temperature=student.TEMPERATURE if temperature is None else temperature, kd=kd,
+                    hidden_weight=hidden_weight),
+        transfer=TransferConfig(tuple(sources), transfer_ratio), emissions=emissions,
+        train_config=student.train_config(**train_options), resume=resume)
     print(f"best dev F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
