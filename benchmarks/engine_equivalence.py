@@ -70,7 +70,7 @@ def runs(work: Path) -> list[dict]:
     from students.train import BiLSTMCRFConfig, default_train_config, train_student
     from teachers.adapt import adapt_backbone
     from teachers.bert_classifier import BertClassifier
-    from teachers.train import train_teacher
+    from teachers.train import TeacherConfig, train_teacher
 
     train_file = RESOURCES / "msra_train.txt"
     chars = sorted({c for s in read_msra(train_file).tokens for c in s})
@@ -80,8 +80,8 @@ def runs(work: Path) -> list[dict]:
                       checkpoint_every=3)
     out = []
 
-    train_teacher(out=work / "teacher", dataset=data, backbone=str(backbone), train_config=TrainConfig(**tagger_cfg),
-                  quiet=True)
+    train_teacher(out=work / "teacher", dataset=data, config=TeacherConfig(backbone=str(backbone)),
+                  train_config=TrainConfig(**tagger_cfg), quiet=True)
     out.append(record("bert-crf teacher", work / "teacher", ("model.safetensors",), "train_log.jsonl"))
 
     labelled = dict(data, max_train=20)  # the other 16 training sentences are the transfer text

@@ -298,15 +298,15 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
     teacher_backbone = str(adapted) if adapt else backbone
 
     def run_teacher(resume: bool):
-        from teachers.train import train_teacher
+        from teachers.train import TeacherConfig, train_teacher
 
-        return train_teacher(out=teacher, dataset=train_ds, backbone=teacher_backbone, head="crf", extend_vocab=True,
+        return train_teacher(out=teacher, dataset=train_ds, config=TeacherConfig(backbone=teacher_backbone),
                              train_config=profile.teacher, resume=resume, quiet=quiet)
 
     def params_of_teacher():
-        from teachers.train import teacher_identity
+        from teachers.train import TeacherConfig
 
-        return _plain(teacher_identity(backbone=teacher_backbone, dataset=train_ds, train_config=profile.teacher))
+        return _plain(TeacherConfig(backbone=teacher_backbone).identity(train_ds, profile.teacher))
 
     steps.append(Step("teacher", "teacher (BERT-CRF)", teacher, "distill.json", params_of_teacher, run_teacher,
                       trains=True, made_with=lambda params: _teacher_params_match(teacher, params)))

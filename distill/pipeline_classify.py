@@ -110,10 +110,11 @@ def plan_classify(*, run_dir: Path, profile: ClassifyProfile, train_ds: dict, re
     steps: list[Step] = []
 
     def run_teacher(resume: bool):
-        from teachers.train import train_classifier_teacher
+        from teachers.train import ClassifierTeacherConfig, train_classifier_teacher
 
-        return train_classifier_teacher(out=teacher, dataset=train_ds, backbone=backbone, train_config=profile.teacher,
-                                        max_length=profile.max_length, resume=resume, quiet=quiet)
+        config = ClassifierTeacherConfig(backbone=backbone, max_length=profile.max_length)
+        return train_classifier_teacher(out=teacher, dataset=train_ds, config=config,
+                                        train_config=profile.teacher, resume=resume, quiet=quiet)
 
     steps.append(Step("teacher", "teacher (BERT classifier)", teacher, "distill.json",
                       lambda: _plain({"task": "classify", "backbone": backbone, "dataset": train_ds,

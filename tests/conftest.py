@@ -103,10 +103,10 @@ def tiny_backbone(tmp_path_factory, resources) -> Path:
 def tiny_teacher(tmp_path_factory, tiny_backbone, tiny_dataset_kwargs) -> Path:
     """A tiny BERT-CRF teacher trained for a few steps on the tiny corpus (a model folder)."""
     from distill.train import TrainConfig
-    from teachers.train import train_teacher
+    from teachers.train import TeacherConfig, train_teacher
 
     out = tmp_path_factory.mktemp("teacher") / "model"
-    train_teacher(out=out, dataset=tiny_dataset_kwargs, backbone=str(tiny_backbone),
+    train_teacher(out=out, dataset=tiny_dataset_kwargs, config=TeacherConfig(backbone=str(tiny_backbone)),
                   train_config=TrainConfig(epochs=2, batch_size=8, lr=1e-3, embedding_lr=1e-3, head_lr=1e-2,
                                            checkpoint_minutes=0), quiet=True)
     return out

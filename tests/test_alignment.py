@@ -103,10 +103,11 @@ def test_teacher_with_sentencepiece_trains_saves_loads_predicts_and_exports(alig
     from distill.modeling import load_model
     from distill.train import TrainConfig
     from quantize.api import quantize
-    from teachers.train import train_teacher
+    from teachers.train import TeacherConfig, train_teacher
 
     out = tmp_path / "teacher"
-    train_teacher(out=out, dataset=tiny_dataset_kwargs, backbone=str(sp_backbone), alignment=alignment,
+    train_teacher(out=out, dataset=tiny_dataset_kwargs,
+                  config=TeacherConfig(backbone=str(sp_backbone), alignment=alignment),
                   train_config=TrainConfig(epochs=1, batch_size=8, lr=1e-3, head_lr=1e-2, checkpoint_minutes=0),
                   quiet=True)
     model = load_model(out)

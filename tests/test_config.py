@@ -151,3 +151,24 @@ def test_bad_student_options_say_expected_and_got():
         with pytest.raises(ConfigError) as e:
             make()
         assert message in str(e.value)
+
+
+# --- teacher configs -----------------------------------------------------------------
+
+
+def test_teacher_identity_is_recorded_as_before():
+    from distill.train import TrainConfig
+    from teachers.train import ClassifierTeacherConfig, TeacherConfig
+
+    cfg = TrainConfig()
+    tagger = TeacherConfig().identity({"name": "msra"}, cfg)
+    assert list(tagger) == ["backbone", "head", "extend_vocab", "random_init", "num_layers", "freeze_layers", "dropout",
+                            "alignment", "prune_vocab", "max_length", "dataset", "train_config"]
+    assert tagger["max_length"] == 128 and tagger["dataset"] == {"name": "msra"} and "decoding" not in tagger
+    classifier = ClassifierTeacherConfig(max_length=64).identity(DataConfig(name="sentiment"), cfg)
+    assert list(classifier) == ["task", "backbone", "max_length", "dropout", "prune_vocab", "random_init", "num_layers",
+                                "dataset", "train_config"]
+    assert classifier["max_length"] == 64 and classifier["dataset"]["name"] == "sentiment"
+    assert TeacherConfig.LR == 2e-4 and ClassifierTeacherConfig.LR == 1e-4 and ClassifierTeacherConfig().max_length == 256
+    with pytest.raises(ConfigError, match="--decoding must be one of constrained, free, got 'best'"):
+        TeacherConfig(decoding="best")

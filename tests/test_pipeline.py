@@ -136,13 +136,13 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_pipeline, monkeyp
 
 def test_hand_trained_teacher_with_the_same_settings_is_reused(tmp_path, tiny_backbone, tiny_dataset_kwargs):
     from distill.pipeline import normalise_dataset
-    from teachers.train import train_teacher
+    from teachers.train import TeacherConfig, train_teacher
 
     profile = tiny_profile()
     train_ds, report_ds = normalise_dataset(tiny_dataset_kwargs, profile)
     # what `distill teacher train --out RUN/teacher ...` does with the same settings
-    train_teacher(out=tmp_path / "teacher", dataset=train_ds, backbone=str(tiny_backbone), train_config=profile.teacher,
-                  quiet=True)
+    train_teacher(out=tmp_path / "teacher", dataset=train_ds, config=TeacherConfig(backbone=str(tiny_backbone)),
+                  train_config=profile.teacher, quiet=True)
 
     def teacher_step(p):
         steps = plan(run_dir=tmp_path, profile=p, train_ds=train_ds, report_ds=report_ds,
@@ -176,7 +176,7 @@ def test_full_profile_reuses_a_teacher_from_distill_teacher_train(tmp_path, tiny
     import teachers.train
     from distill.data import load_dataset
     from distill.pipeline import ADAPTED, _plain, _teacher_params_match, normalise_dataset
-    from teachers.train import teacher_identity
+    from teachers.train import TeacherConfig
 
     recorded = {}
 
@@ -204,8 +204,7 @@ def test_full_profile_reuses_a_teacher_from_distill_teacher_train(tmp_path, tiny
     full = get_profile("full")
 
     def want(backbone, profile):  # what the pipeline's teacher step asks for
-        return _plain(teacher_identity(backbone=backbone, dataset=normalise_dataset(None, profile)[0],
-                                       train_config=profile.teacher))
+        return _plain(TeacherConfig(backbone=backbone).identity(normalise_dataset(None, profile)[0], profile.teacher))
 
     assert _teacher_params_match(folder, want(adapted, full))
     assert not _teacher_params_match(folder, want(None, full))  # not adapted: another teacher

@@ -26,12 +26,13 @@ runner = CliRunner()
 def tiny_run(tmp_path_factory, tiny_teacher, tiny_backbone, tiny_dataset_kwargs):
     """A run folder: the tiny teacher, a 1-layer "student" one folder deeper, and clutter."""
     from distill.train import TrainConfig
-    from teachers.train import train_teacher
+    from teachers.train import TeacherConfig, train_teacher
 
     run = tmp_path_factory.mktemp("run")
     shutil.copytree(tiny_teacher, run / "teacher")
     scratch = tmp_path_factory.mktemp("scratch") / "small"
-    train_teacher(out=scratch, dataset=tiny_dataset_kwargs, backbone=str(tiny_backbone), num_layers=1,
+    train_teacher(out=scratch, dataset=tiny_dataset_kwargs,
+                  config=TeacherConfig(backbone=str(tiny_backbone), num_layers=1),
                   train_config=TrainConfig(epochs=1, batch_size=8, lr=1e-3, checkpoint_minutes=0), quiet=True)
     load_model(scratch).save(run / "students" / "small", {"role": "student"})
     shutil.copy(scratch / "train_log.jsonl", run / "students" / "small" / "train_log.jsonl")

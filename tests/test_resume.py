@@ -58,7 +58,7 @@ def dying_save(obj, f):
 torch.save = dying_save
 tt.train = functools.partial(dt.train, loss_fn=loss_fn)
 args = json.loads(sys.argv[2])
-tt.train_teacher(out=sys.argv[1], dataset=args["dataset"], backbone=args["backbone"],
+tt.train_teacher(out=sys.argv[1], dataset=args["dataset"], config=tt.TeacherConfig(backbone=args["backbone"]),
                  train_config=dt.TrainConfig(**args["config"]), quiet=True)
 """
 
@@ -68,9 +68,10 @@ def _dataset(kwargs) -> dict:
 
 
 def _train_in_process(out, tiny_backbone, tiny_dataset_kwargs, resume=False) -> dict:
-    from teachers.train import train_teacher
+    from teachers.train import TeacherConfig, train_teacher
 
-    return train_teacher(out=out, dataset=_dataset(tiny_dataset_kwargs), backbone=str(tiny_backbone),
+    return train_teacher(out=out, dataset=_dataset(tiny_dataset_kwargs),
+                         config=TeacherConfig(backbone=str(tiny_backbone)),
                          train_config=TrainConfig(**CONFIG), resume=resume, quiet=True)
 
 
@@ -167,12 +168,12 @@ def test_ctrl_c_stops_saves_and_says_how_to_resume(tmp_path, tiny_backbone, tiny
     assert (out / "distill.json").exists()  # the best epoch so far is a complete model folder
 
     # --resume continues from there (two more steps, then stop)
-    from teachers.train import train_teacher
+    from teachers.train import TeacherConfig, train_teacher
 
     cfg = TrainConfig(epochs=1000, batch_size=8, lr=1e-4, embedding_lr=2e-3, head_lr=1e-3, patience=1000,
                       max_steps=state["global_step"] + 2)
-    summary = train_teacher(out=out, dataset=_dataset(d), backbone=str(tiny_backbone), train_config=cfg,
-                            resume=True, quiet=True)
+    summary = train_teacher(out=out, dataset=_dataset(d), config=TeacherConfig(backbone=str(tiny_backbone)),
+                            train_config=cfg, resume=True, quiet=True)
     assert summary["global_step"] == state["global_step"] + 2 and summary["done"]
 
 

@@ -80,10 +80,10 @@ def test_long_sentences_are_split_and_merged(tiny_teacher):
 @pytest.mark.parametrize("head", ["softmax", "bilstm-crf"])
 def test_other_heads_train_and_reload(tiny_backbone, tiny_dataset_kwargs, tmp_path, head):
     from distill.train import TrainConfig
-    from teachers.train import train_teacher
+    from teachers.train import TeacherConfig, train_teacher
 
     out = tmp_path / head
-    train_teacher(out=out, dataset=tiny_dataset_kwargs, backbone=str(tiny_backbone), head=head,
+    train_teacher(out=out, dataset=tiny_dataset_kwargs, config=TeacherConfig(backbone=str(tiny_backbone), head=head),
                   train_config=TrainConfig(epochs=1, batch_size=8, max_steps=2, checkpoint_minutes=0), quiet=True)
     model = load_model(out)
     assert model.head == head and (model.crf is None) == (head == "softmax")

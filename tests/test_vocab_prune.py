@@ -141,9 +141,9 @@ def test_wordpiece_is_pruned_and_bpe_is_refused(tiny_backbone, corpus):
 
 def _train(out: Path, backbone: Path, dataset: dict, prune_vocab: bool) -> Path:
     from distill.train import TrainConfig
-    from teachers.train import train_teacher
+    from teachers.train import TeacherConfig, train_teacher
 
-    train_teacher(out=out, dataset=dataset, backbone=str(backbone), prune_vocab=prune_vocab,
+    train_teacher(out=out, dataset=dataset, config=TeacherConfig(backbone=str(backbone), prune_vocab=prune_vocab),
                   train_config=TrainConfig(epochs=1, batch_size=8, lr=1e-3, head_lr=1e-2, checkpoint_minutes=0),
                   quiet=True)
     return out

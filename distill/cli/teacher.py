@@ -65,33 +65,28 @@ def train_cmd(
     pooled classification head on labelled texts)."""
     quiet_libraries()
     from distill.train import TrainConfig
-    from teachers.train import train_classifier_teacher, train_teacher
+    from teachers.train import ClassifierTeacherConfig, TeacherConfig, train_classifier_teacher, train_teacher
 
     task = resolve_task(task, dataset)
-    if lr is None:  # the e5-small recipes: 2e-4 for the BERT-CRF, 1e-4 for the classifier (distill run's)
-        lr = 1e-4 if task == "classify" else 2e-4
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr, head_lr=head_lr,
-                      crf_lr=crf_lr, warmup=warmup, clip=clip, patience=patience, seed=seed, max_steps=max_steps,
-                      checkpoint_minutes=checkpoint_minutes, checkpoint_every=checkpoint_every)
+    data = data_config(dataset, train, dev, test, fmt, max_train, max_dev, max_test, tags_file=tags_file,
+                       dev_tags_file=dev_tags_file, test_tags_file=test_tags_file, task=task)
+    made_of = dict(backbone=backbone, random_init=random_init, num_layers=num_layers, dropout=dropout,
+                   prune_vocab=prune_vocab, **({"max_length": max_length} if max_length is not None else {}))
     if task == "classify":
         reject_options(task, {"--head": head != "crf", "--freeze-layers": freeze_layers != 0,
                               "--alignment": alignment != "auto", "--decoding": decoding != "constrained"})
-        summary = train_classifier_teacher(
-            out=out, dataset=data_config(dataset, train, dev, test, fmt, max_train, max_dev, max_test,
-                                         tags_file=tags_file, dev_tags_file=dev_tags_file,
-                                         test_tags_file=test_tags_file, task=task),
-            backbone=backbone, train_config=cfg, max_length=256 if max_length is None else max_length, dropout=dropout,
-            prune_vocab=prune_vocab, random_init=random_init, num_layers=num_layers, resume=resume)
-        print(f"best dev macro-F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
-        return
-    summary = train_teacher(
-        out=out, dataset=data_config(dataset, train, dev, test, fmt, max_train, max_dev, max_test,
-                                     tags_file=tags_file, dev_tags_file=dev_tags_file, test_tags_file=test_tags_file),
-        backbone=backbone, head=head, extend_vocab=extend_vocab, random_init=random_init, num_layers=num_layers,
-        freeze_layers=freeze_layers, dropout=dropout, max_length=128 if max_length is None else max_length,
-        train_config=cfg, resume=resume,
-        alignment=alignment, decoding=decoding, prune_vocab=prune_vocab)
-    print(f"best dev F1 {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
+        config, trainer = ClassifierTeacherConfig(**made_of), train_classifier_teacher
+    else:
+        config, trainer = TeacherConfig(**made_of, head=head, extend_vocab=extend_vocab, freeze_layers=freeze_layers,
+                                        alignment=alignment, decoding=decoding), train_teacher
+    # the e5-small recipes' encoder rate unless --lr is given: 2e-4 for the BERT-CRF, 1e-4 for the classifier
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=config.LR if lr is None else lr,
+                      embedding_lr=embedding_lr, head_lr=head_lr, crf_lr=crf_lr, warmup=warmup, clip=clip,
+                      patience=patience, seed=seed, max_steps=max_steps, checkpoint_minutes=checkpoint_minutes,
+                      checkpoint_every=checkpoint_every)
+    summary = trainer(out=out, dataset=data, config=config, train_config=cfg, resume=resume)
+    score = "macro-F1" if task == "classify" else "F1"
+    print(f"best dev {score} {summary['best_f1']:.4f} at epoch {summary['best_epoch']}; model saved to {out}")
 
 
 # `distill eval` under the teacher group: the same command, options and code
