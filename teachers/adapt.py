@@ -37,7 +37,9 @@ from distill.features import bucket_batches, make_pieces
 from distill.fileio import atomic_dir, stamp, write_json
 from distill.processes import accelerator, use_fast_matmul
 from teachers.backbones import resolve_backbone
-from teachers.bert_crf import BertTagger, _offline_kwargs, extend_vocabulary, load_tokenizer, unk_rate
+from teachers.backbone_load import _offline_kwargs, load_tokenizer
+from teachers.bert_crf import BertTagger
+from teachers.vocab_extend import extend_vocabulary, unk_rate
 
 ADAPT_FILE = "adapt.json"
 HEAD_FILE = "mlm_head.safetensors"

@@ -19,8 +19,6 @@ in :meth:`BertTagger.encode_words`, :meth:`BertTagger.build_feature` and
 
 from __future__ import annotations
 
-import os
-from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,8 +29,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from distill.crf import CRF
 from distill.errors import DistillError
 from distill.modeling import Tagger, TaggerOutput, collate_extras
-from teachers.backbones import DEFAULT_BACKBONE, resolve_backbone
+from teachers.backbone_load import default_backbone  # noqa: F401  (callers read default_backbone here)
+from teachers.backbone_load import encoder_from_folder, load_backbone, load_tokenizer
+from teachers.backbones import DEFAULT_BACKBONE
 from teachers.vocab import METASPACE
+from teachers.vocab_extend import extend_vocabulary, unk_rate
+from teachers.vocab_extend import words_to_add  # noqa: F401  (callers read words_to_add here)
 
 HEADS = ("crf", "bilstm-crf", "softmax")
 # How characters or words meet sub-tokens (see BertTagger's docstring).
@@ -78,67 +80,6 @@ def choose_alignment(alignment: str, tokenizer, char_level: bool) -> str:
     if alignment != "first" and not char_level:
         raise DistillError(f"--alignment {alignment} needs a character-level corpus; use first (or auto) for words")
     return alignment
-
-
-def default_backbone() -> str:
-    """The folder of the default backbone (:data:`teachers.backbones.DEFAULT_BACKBONE`)."""
-    return resolve_backbone(DEFAULT_BACKBONE)
-
-
-def _offline_kwargs(source: str) -> dict:
-    return {"local_files_only": True} if Path(source).exists() or os.environ.get("HF_HUB_OFFLINE") == "1" else {}
-
-
-def load_tokenizer(source: str):
-    """The fast tokenizer of a backbone (built-in name, local folder or hub id)."""
-    from transformers import AutoTokenizer
-
-    source = resolve_backbone(source)
-    try:
-        tok = AutoTokenizer.from_pretrained(source, **_offline_kwargs(source))
-    except (OSError, ValueError) as e:
-        raise DistillError(f"cannot load a tokenizer from {source!r} (a local folder or hub id): {str(e).splitlines()[0]}") from None
-    if not getattr(tok, "is_fast", False):
-        raise DistillError(f"{source!r}: distill needs a fast (Rust) tokenizer for word alignment")
-    return tok
-
-
-def load_backbone(backbone: str | None, *, num_layers: int | None = None, random_init: bool = False):
-    """``(encoder, tokenizer, source)`` of a backbone (built-in name, local folder or hub id;
-    None: :data:`teachers.backbones.DEFAULT_BACKBONE`): its pretrained encoder without a
-    pooling layer (randomly initialised with ``random_init``), its first ``num_layers``
-    layers only when given, and its fast tokenizer."""
-    from transformers import AutoConfig, AutoModel
-
-    source = resolve_backbone(backbone or DEFAULT_BACKBONE)
-    kw = _offline_kwargs(source)
-    try:
-        config = AutoConfig.from_pretrained(source, **kw)
-    except (OSError, ValueError) as e:
-        raise DistillError(f"cannot load backbone {source!r} (a local folder or hub id): {str(e).splitlines()[0]}") from None
-    if num_layers:
-        if not 0 < num_layers <= config.num_hidden_layers:
-            raise DistillError(f"--num-layers must be in 1..{config.num_hidden_layers}, got {num_layers}")
-        config.num_hidden_layers = num_layers
-    if random_init:
-        encoder = AutoModel.from_config(config, add_pooling_layer=False)
-    else:
-        encoder = AutoModel.from_pretrained(source, config=config, add_pooling_layer=False, **kw)
-    return encoder, load_tokenizer(source), source
-
-
-def encoder_from_folder(folder: Path):
-    """An untrained encoder shaped as the one saved in a model folder (its ``config.json``),
-    with the attention heads a pruned model removed (weights are loaded after)."""
-    from transformers import AutoConfig, AutoModel
-
-    enc_config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    encoder = AutoModel.from_config(enc_config, add_pooling_layer=False)
-    if getattr(enc_config, "pruned_heads", None):  # head-pruned: transformers 5 no longer re-prunes
-        from teachers.heads import apply_pruned_heads
-
-        apply_pruned_heads(encoder, enc_config.pruned_heads)
-    return encoder
 
 
 class BertTagger(Tagger):
@@ -391,48 +332,6 @@ class BertTagger(Tagger):
 
 # ---------------------------------------------------------------------------
 # Building a fresh teacher
-
-
-def unk_rate(tokenizer, sentences: Sequence[Sequence[str]]) -> tuple[float, Counter]:
-    """Share of word occurrences that the tokenizer maps to [UNK] only, and those words' counts."""
-    counts = Counter(w for s in sentences for w in s)
-    words = list(counts)
-    missing: Counter = Counter()
-    unk = tokenizer.unk_token_id
-    enc = tokenizer(words, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
-    for w, ids in zip(words, enc["input_ids"]):
-        if not ids or all(i == unk for i in ids):
-            missing[w] = counts[w]
-    total = sum(counts.values())
-    return (sum(missing.values()) / total if total else 0.0), missing
-
-
-def words_to_add(tokenizer, sentences, threshold: float = 0.02, min_count: int = 2) -> tuple[float, list[str]]:
-    """The [UNK] rate of ``sentences`` and the words :func:`extend_vocabulary` adds, most
-    frequent first: none when at most ``threshold`` of word occurrences are [UNK]."""
-    rate, missing = unk_rate(tokenizer, sentences)
-    return rate, ([w for w, c in missing.most_common() if c >= min_count] if rate > threshold else [])
-
-
-def extend_vocabulary(tokenizer, encoder, sentences, threshold: float = 0.02, min_count: int = 2) -> dict:
-    """Add the training words the tokenizer maps to [UNK] (seen ``min_count``+ times) as
-    new tokens and grow the embedding matrix, when more than ``threshold`` of word
-    occurrences are [UNK]. New rows start at the mean of the old ones. Returns what was done."""
-    rate, new = words_to_add(tokenizer, sentences, threshold, min_count)
-    info = {"unk_rate_before": round(rate, 4), "threshold": threshold, "min_count": min_count, "added": 0}
-    if not new:
-        return info
-    added = tokenizer.add_tokens(new)
-    old_size = encoder.get_input_embeddings().weight.shape[0]
-    encoder.resize_token_embeddings(max(len(tokenizer), old_size), mean_resizing=False)
-    new_ids = torch.tensor(tokenizer.convert_tokens_to_ids(new), dtype=torch.long)
-    with torch.no_grad():
-        emb = encoder.get_input_embeddings().weight
-        known = emb[: min(old_size, len(tokenizer) - added)]
-        emb[new_ids] = known.mean(0, keepdim=True) + 0.02 * torch.randn(len(new_ids), emb.shape[1])
-    info.update(added=added, unk_rate_after=round(unk_rate(tokenizer, sentences)[0], 4),
-                examples=new[:20], vocab_size=len(tokenizer))
-    return info
 
 
 def build_teacher(labels: Sequence[str], train_sentences, *, backbone: str | None = None, head: str = "crf",
