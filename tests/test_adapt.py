@@ -1,4 +1,4 @@
-"""Language-adaptive MLM pretraining (teachers/adapt.py): the masking rule, what trains
+"""Language-adaptive MLM pretraining (teachers/adapt.py, teachers/mlm_data.py): the masking rule, what trains
 in which phase, deterministic resume after Ctrl-C, and that the output is a backbone
 ``build_teacher`` accepts. Tiny BERT, tiny corpora, a few steps each."""
 
@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from distill.errors import DataError, DistillError
 from teachers import adapt
-from teachers.adapt import IGNORE, adapt_backbone, looks_char_level, mask_words, read_text
+from teachers.adapt import adapt_backbone
+from teachers.mlm_data import IGNORE, looks_char_level, mask_words, read_text
 
 MASK, VOCAB, UNK = 4, 500, 1
 SPECIAL = {0, 1, 2, 3, 4}
