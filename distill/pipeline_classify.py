@@ -1,5 +1,6 @@
 """``distill run`` for text classification: the same resumable steps as for tagging
-(:mod:`distill.pipeline` runs them), planned for classifier folders. Layout::
+(:mod:`distill.pipeline_steps` makes them, :mod:`distill.pipeline` runs them), planned for
+classifier folders. Layout::
 
     RUN_DIR/teacher                         the BERT classifier (e5-small by default)
     RUN_DIR/bilstm, bilstm-kd, bert-small, bert-small-kd
@@ -22,6 +23,9 @@ from typing import Callable
 
 from distill.config import DataConfig, TextTransferConfig
 from distill.errors import DistillError
+from distill.pipeline_profiles import check_profile
+from distill.pipeline_steps import (Step, StudentSpec, _config_key, _plain, quantize_steps, report_step,
+                                    student_steps)
 from distill.train import TrainConfig
 
 STUDENTS = ("bilstm", "bilstm-kd", "bert-small", "bert-small-kd")
@@ -64,8 +68,6 @@ class ClassifyProfile:
     latency_sentences: int = 300
 
     def __post_init__(self):
-        from distill.pipeline import check_profile
-
         check_profile(self, STUDENTS)
 
 
@@ -104,8 +106,6 @@ def get_classify_profile(name: str) -> ClassifyProfile:
 def plan_classify(*, run_dir: Path, profile: ClassifyProfile, train_ds: dict, report_ds: dict,
                   backbone: str | None, cuda: bool, threads: int | None, quiet: bool) -> list:
     """The classification pipeline's steps, in order (see the module docstring)."""
-    from distill.pipeline import Step, StudentSpec, _config_key, _plain, quantize_steps, report_step, student_steps
-
     teacher = run_dir / "teacher"
     steps: list[Step] = []
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from distill.cli import app
 from distill.errors import DistillError
-from distill.pipeline import PROFILES, Profile, StepRecords, _adopt, get_profile, plan, run_pipeline
+from distill.pipeline import Profile, StepRecords, _adopt, get_profile, plan, run_pipeline
+from distill.pipeline_profiles import PROFILES
 from distill.train import TrainConfig
 
 runner = CliRunner()

@@ -107,9 +107,9 @@ CASES = {
 @pytest.mark.parametrize("words", list(CASES))
 def test_command_reads_a_two_file_corpus(words, tiny_teacher, tiny_backbone, tmp_path, monkeypatch, run_cli):
     if words == "run":  # the pipeline's steps are the commands above; here one step each, no measuring
-        import distill.pipeline
+        import distill.pipeline_profiles
 
-        monkeypatch.setitem(distill.pipeline.PROFILES, "quick", _tiny_profile)
+        monkeypatch.setitem(distill.pipeline_profiles.PROFILES, "quick", _tiny_profile)
         monkeypatch.setattr("distill.report.make_report", _fake_report)
     if words == "report":
         shutil.copytree(tiny_teacher, tmp_path / "run" / "teacher")
