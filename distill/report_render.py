@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
-    from distill.report import Entry
+    from distill.report_steps import Entry
 
 PRF = ("precision", "recall", "f1")
 NO_TEACHER = "none (no model folder has meta role 'teacher'), so deltas and speedups are n/a"

@@ -216,7 +216,7 @@ def test_latency_subset_spreads_over_the_test_set():
 def test_distilled_students_are_compared_with_their_gold_only_twin():
     """ΔF1 vs no KD: a distilled student (and its compressed forms) against the student of the
     same identity trained on gold tags alone; not against another size or data."""
-    from distill.report import _compare, student_identity
+    from distill.report_steps import _compare, student_identity
 
     def student(name, f1, alpha, hidden=256, compressed=False, transfer=0):
         params = {"arch": "bilstm-crf", "alpha": alpha, "temperature": 4.0, "kd": "emission", "hidden_size": hidden,
