@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.config import ConfigError
 from distill.errors import DistillError
 from distill.modeling import SavedModel
 
@@ -218,9 +219,9 @@ class ClassificationLoss:
 
     def __init__(self, alpha: float = 1.0, temperature: float = 1.0):
         if not 0 <= alpha <= 1:
-            raise DistillError(f"alpha must be in [0, 1] (weight of the gold-label loss), got {alpha}")
+            raise ConfigError("alpha", "in [0, 1] (weight of the gold-label loss)", alpha)
         if not temperature > 0:
-            raise DistillError(f"temperature (--T) must be > 0, got {temperature}")
+            raise ConfigError("temperature (--T)", "> 0", temperature)
         self.alpha, self.temperature = alpha, temperature
 
     def __call__(self, model, out: ClassifierOutput, batch: dict) -> tuple[Tensor, dict[str, float]]:

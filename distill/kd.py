@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from distill.config import ConfigError
 from distill.crf import CRF
 from distill.errors import DistillError
 from distill.modeling import TaggerOutput
@@ -139,11 +140,11 @@ class KDConfig:
 
     def __post_init__(self):
         if not self.temperature > 0:
-            raise DistillError(f"temperature (--T) must be > 0, got {self.temperature}")
+            raise ConfigError("temperature (--T)", "> 0", self.temperature)
         if not 0 <= self.alpha <= 1:
-            raise DistillError(f"alpha must be in [0, 1] (weight of the gold-tag loss), got {self.alpha}")
+            raise ConfigError("alpha", "in [0, 1] (weight of the gold-tag loss)", self.alpha)
         if not self.hidden_weight >= 0:
-            raise DistillError(f"hidden_weight must be >= 0, got {self.hidden_weight}")
+            raise ConfigError("hidden_weight", ">= 0", self.hidden_weight)
         kd_term(self.kd)
 
     @property

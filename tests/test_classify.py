@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 
 from distill.classify import (ClassificationLoss, ClassifierOutput, classification_metrics, evaluate_classifier,
                               head_tail, logit_kd, logits_path, predict_proba, teacher_logits, train_classifier)
+from distill.config import ConfigError
 from distill.errors import DistillError
 from distill.modeling import load_model
 from distill.textdata import TextCorpus, TextDataset
@@ -99,9 +101,9 @@ def test_mixed_loss_gives_transfer_rows_no_ce_term():
 
 
 def test_loss_refuses_bad_settings():
-    with pytest.raises(DistillError, match="alpha must be in"):
+    with pytest.raises(ConfigError, match=re.escape("alpha must be in [0, 1] (weight of the gold-label loss), got 1.5")):
         ClassificationLoss(alpha=1.5)
-    with pytest.raises(DistillError, match="temperature"):
+    with pytest.raises(ConfigError, match=re.escape("temperature (--T) must be > 0, got 0")):
         ClassificationLoss(temperature=0)
     with pytest.raises(DistillError, match="no teacher logits"):
         ClassificationLoss(alpha=0.5)(_Fixed(), ClassifierOutput(torch.zeros(1, 2)), {"labels": torch.tensor([0])})

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
+from distill.config import ConfigError
 from distill.crf import CRF
 from distill.errors import DistillError
 from distill.kd import (KD_LOSSES, DistillationLoss, KDConfig, emission_kl, hidden_layer_pairs, hidden_mse,
@@ -165,6 +167,13 @@ def test_the_teacher_crf_is_placed_on_the_first_batch_only(monkeypatch):
 def test_kd_config_refuses_bad_values(kwargs, message):
     with pytest.raises(DistillError, match=message):
         KDConfig(**kwargs)
+
+
+def test_kd_config_errors_say_expected_and_got():
+    with pytest.raises(ConfigError, match=re.escape("alpha must be in [0, 1] (weight of the gold-tag loss), got 1.5")):
+        KDConfig(alpha=1.5)
+    with pytest.raises(ConfigError, match=re.escape("temperature (--T) must be > 0, got -1.0")):
+        KDConfig(temperature=-1.0)
 
 
 def test_unknown_kd_name_lists_the_valid_ones():
