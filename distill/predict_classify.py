@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from distill.config import DataConfig
 from distill.errors import DataError, DistillError
 
 OUTPUT_FORMATS = ("text", "json")
@@ -32,19 +33,19 @@ def recorded_dataset(meta: dict[str, Any]) -> dict[str, Any] | None:
     return dict(params["dataset"]) if isinstance(params.get("dataset"), dict) else None
 
 
-def text_dataset(dataset: dict[str, Any], recorded: dict[str, Any] | None) -> dict[str, Any]:
-    """:func:`distill.textdata.load_text_dataset` kwargs from the command's data options: a text
-    dataset as given; the user's train file as classification data; else (no data named, the
-    tagging default) the model's own training data, or the built-in sentiment dataset."""
-    from distill.textdata import is_text_dataset
-
-    given = {k: v for k, v in dataset.items() if v is not None}
-    if is_text_dataset(given):
-        return given
-    if given.get("train") is not None:
-        return {**{k: v for k, v in given.items() if k != "name"}, "task": "classify"}
-    caps = {k: v for k, v in given.items() if k.startswith("max_")}
-    return {**(recorded or {"name": "sentiment"}), **caps}
+def text_dataset(dataset: DataConfig | dict[str, Any], recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """:func:`distill.textdata.load_text_dataset` kwargs (the JSON form of a
+    :class:`distill.config.DataConfig`) from the command's data options: a text dataset as
+    given; the user's train file as classification data; else (no data named, the tagging
+    default) the model's own training data, or the built-in sentiment dataset."""
+    given = DataConfig.of(dataset).given()
+    if given.is_text:
+        return given.to_json()
+    if given.train is not None:
+        unnamed = {k: v for k, v in given.to_json().items() if k != "name"}
+        return DataConfig.from_json(unnamed).replace(task="classify").to_json()
+    caps = {k: v for k, v in given.to_json().items() if k.startswith("max_")}
+    return DataConfig.from_json(recorded or {"name": "sentiment"}).replace(**caps).to_json()
 
 
 def eval_corpus(dataset: dict[str, Any], split: str, recorded: dict[str, Any] | None):

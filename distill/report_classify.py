@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+from distill.config import DataConfig
 from distill.errors import DistillError
 from distill.modeling import META_FILE
 from distill.report import (Entry, ReportKind, check_report_args, find_models, measure_and_write, read_models,
@@ -99,7 +100,8 @@ def report_dataset(run_dir: Path, dataset: dict | None, max_test: int | None, re
     if dataset is not None and not is_text_dataset(dataset):
         # `distill report --test FILE` on a classifier run: the name is the tagging default, not the data
         given = {k: v for k, v in dataset.items() if v is not None and k != "name"}
-        dataset = {**(recorded or {}), **given, "task": "classify"} if not given.get("train") else {**given, "task": "classify"}
+        base = (recorded or {}) if not given.get("train") else {}  # a test file alone: the models' training data
+        dataset = DataConfig.from_json(base).replace(**given, task="classify")
     return resolve_dataset(run_dir, dataset, max_test)
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
+from distill.config import DataConfig
 from distill.errors import DistillError
 from distill.fileio import atomic_dir, stamp, write_json
 from distill.modeling import FORMAT_VERSION, META_FILE, Tagger, TaggerOutput, load_model, model_class, read_meta
@@ -196,7 +197,7 @@ def dataset_of(meta: dict[str, Any]) -> dict[str, Any] | None:
     allowed = set(inspect.signature(load_dataset).parameters) - {"max_train", "max_dev", "max_test"}
     found = recorded_dataset(meta, allowed.__contains__)
     if found is None and meta.get("dataset") == "msra":
-        return {"name": "msra"}
+        return DataConfig.from_json({"name": "msra"}).to_json()
     return found
 
 
