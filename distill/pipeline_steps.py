@@ -193,7 +193,7 @@ def report_step(run_dir: Path, report_ds: dict, threads: int | None, latency_sen
     """The comparison report over every model folder in ``run_dir``."""
     def report_params():
         from distill.bench import default_threads
-        from distill.report import find_models
+        from distill.report_steps import find_models
 
         models = {e.name: _saved(e.folder) for e in find_models(run_dir, exclude=[run_dir / "report"])}
         return _plain({"models": models, "dataset": report_ds, "threads": threads or default_threads(),

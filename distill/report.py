@@ -19,7 +19,6 @@ from distill.modeling import META_FILE
 from distill.report_render import fmt, markdown_page, per_group_table, render_folder, table_csv
 from distill.report_steps import (ReportKind, _default_command, check_report_args, find_models, measure_and_write,
                                   read_models, resolve_dataset)
-from distill.report_steps import Entry, student_identity  # noqa: F401  (callers read them here)
 
 FORMAT = "distill-report/1"
 # (key, Markdown header, formatter name) of the main table, in order

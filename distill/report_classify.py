@@ -5,7 +5,7 @@ Every model runs in its own fresh process (``python -m distill.bench --task clas
 on the same test texts with the same thread count, end to end from text to class
 probabilities; the accuracy, macro-F1 and per-class P/R/F1 come from the batched
 predictions whose speed is quoted. ΔF1 is the difference in macro-F1; the gold-only twin
-of a distilled student is found as for taggers (:func:`distill.report.student_identity`).
+of a distilled student is found as for taggers (:func:`distill.report_steps.student_identity`).
 The steps are the tagging report's (:func:`distill.report.measure_and_write`); what
 differs is :data:`CLASSIFY`.
 """
@@ -21,8 +21,8 @@ from typing import Any, Sequence
 from distill.config import DataConfig
 from distill.errors import DistillError
 from distill.modeling import META_FILE
-from distill.report import (Entry, ReportKind, check_report_args, find_models, measure_and_write, read_models,
-                            resolve_dataset)
+from distill.report_steps import (Entry, ReportKind, check_report_args, find_models, measure_and_write,
+                                  read_models, resolve_dataset)
 from distill.report_render import fmt, markdown_page, per_group_table, render_folder, table_csv
 
 FORMAT = "distill-report-classify/1"
@@ -116,7 +116,7 @@ def make_classify_report(*, run_dir: str | Path, out: str | Path | None = None, 
     one by one at batch size 1; ``gpu``: also measure on CUDA (default: when available).
     Returns the report as written to report.json.
     """
-    from distill.report import _default_command
+    from distill.report_steps import _default_command
     from distill.textdata import load_text_dataset
 
     started = time.time()

@@ -25,7 +25,7 @@ from distill.train import TrainConfig
 class ClassifierStudentConfig(StudentBase):
     """A classifier student's shape. Its params record every field, those that do not apply to
     the architecture as None (so a distilled student and its gold-only twin match,
-    :func:`distill.report.student_identity`); each architecture's config
+    :func:`distill.report_steps.student_identity`); each architecture's config
     (:data:`CLASSIFY_BUILDERS`) sets its defaults, its training defaults (:attr:`TRAIN`) and
     which fields apply (:attr:`APPLIES`).
 
@@ -210,7 +210,7 @@ def train_classifier_student(*, out: Path, teacher: Path | None, student: Classi
         if transfer_set is not None:
             transfer_logits = teacher_logits(teacher, transfer_set.texts, quiet=quiet)
 
-    # the identity of the student (:func:`distill.report.student_identity`): options that do not
+    # the identity of the student (:func:`distill.report_steps.student_identity`): options that do not
     # apply to the architecture are None, so a distilled student and its gold-only twin match
     params = {"task": "classify", "out": str(out), "teacher": str(teacher) if teacher is not None else None,
               "arch": student.arch, "dataset": data.to_json(), "alpha": alpha, "temperature": temperature,

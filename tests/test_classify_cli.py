@@ -109,7 +109,7 @@ def test_teacher_and_students_record_the_task_and_their_data(run, data):
     gold = _meta(run / "bilstm")
     assert gold["meta"]["teacher"] is None and gold["meta"]["params"]["alpha"] == 1.0
     assert gold["meta"]["training"]["transfer_sentences"] == 0
-    from distill.report import student_identity
+    from distill.report_steps import student_identity
 
     assert student_identity(gold["meta"]["params"]) == student_identity(kd["meta"]["params"])
 
