@@ -119,13 +119,13 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
 
         return train_student(out=spec.out, teacher=spec.teacher,
                              student=STUDENTS[spec.arch](num_layers=profile.student_layers), dataset=train_ds,
-                             kd=KDConfig(alpha=spec.alpha, temperature=profile.temperature),
+                             kd=KDConfig(alpha=spec.alpha, temperature=profile.temperature, kd=profile.kd),
                              transfer=TransferConfig(tuple(spec.transfer),
                                                      profile.transfer_ratio if spec.transfer else None),
                              train_config=spec.config, resume=resume, quiet=quiet)
 
     def student_params(spec: StudentSpec) -> dict:
-        return {"arch": spec.arch, "alpha": spec.alpha, "temperature": profile.temperature, "kd": "emission",
+        return {"arch": spec.arch, "alpha": spec.alpha, "temperature": profile.temperature, "kd": profile.kd,
                 "num_layers": profile.student_layers if spec.arch == "bert-small" else None}
 
     steps += student_steps(run_dir, teacher, profile, train_ds, transfer, names=STUDENTS, lstm="bilstm-crf",

@@ -163,7 +163,8 @@ def student_steps(run_dir: Path, teacher: Path, profile, train_ds: dict, transfe
                            **({"transfer": spec.transfer, "transfer_ratio": profile.transfer_ratio}
                               if spec.transfer else {})})
 
-        what = f"distilled, alpha {profile.alpha}, T {profile.temperature}" if alpha < 1 else gold
+        kd = f"{profile.kd} KD, " if getattr(profile, "kd", "emission") != "emission" else ""
+        what = f"distilled, {kd}alpha {profile.alpha}, T {profile.temperature}" if alpha < 1 else gold
         what += f", transfer {'+'.join(spec.transfer)}" if spec.transfer else ""
         steps.append(Step(name, f"student {name} ({what})", spec.out, "distill.json", params,
                           lambda resume, spec=spec: run(spec, resume), trains=True))

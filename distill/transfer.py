@@ -14,8 +14,10 @@ XtremeDistil and TextBrewer). A transfer set is made of sources:
 Each source's teacher emissions live in ``TEACHER/emissions-<fingerprint>`` (made when
 absent) and are read from the memory map one batch at a time. A transfer sentence that
 also occurs in the dev or test data (their whole files, before any ``--max-dev`` or
-``--max-test`` cap) is dropped, and so is one identical to a labelled training sentence
-(it is already trained on, with its gold tags); both counts are printed and recorded.
+``--max-test`` cap) is dropped, and so is one that contains a dev or test sentence of at
+least :data:`MIN_CONTAINED` tokens (outside news text quotes whole test sentences inside
+longer ones), and one identical to a labelled training sentence (it is already trained
+on, with its gold tags); both counts are printed and recorded.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from distill.emissions import Emissions
 from distill.errors import DistillError
 
 BUILTIN = ("msra:unlabelled",)
+# A transfer sentence that contains a held-out sentence this long (in tokens) is dropped; shorter
+# ones ("他说：", "。") occur inside ordinary text by chance.
+MIN_CONTAINED = 10
 
 
 def sentence_key(tokens: Sequence[str]) -> str:
@@ -126,20 +131,44 @@ class TransferSet:
                 "emissions": [str(s.emissions.folder) for s in self.sources]}
 
 
-def drop_seen(keys: Iterable[str], held_out: Container[str], labelled: Container[str]) -> tuple[list[int], int, int]:
+def drop_seen(keys: Iterable[str], held_out: Container[str], labelled: Container[str],
+              contains_held_out: Callable[[str], bool] | None = None) -> tuple[list[int], int, int]:
     """The overlap rule of a transfer set, for sentences and texts alike: ``(keep, overlap,
     duplicate)``, the indices of ``keys`` found neither in ``held_out`` (dev and test) nor in
     ``labelled`` (the training data, already trained on with gold labels), and how many were
-    dropped for each (a key in both counts as overlap)."""
+    dropped for each (a key in both counts as overlap). ``contains_held_out(key)``: also drop
+    a key that holds a held-out one inside it (:class:`HeldOutSpans`), counted as overlap."""
     keep, overlap, duplicate = [], 0, 0
     for i, key in enumerate(keys):
-        if key in held_out:
+        if key in held_out or (contains_held_out is not None and contains_held_out(key)):
             overlap += 1
         elif key in labelled:
             duplicate += 1
         else:
             keep.append(i)
     return keep, overlap, duplicate
+
+
+class HeldOutSpans:
+    """``spans(key)``: whether the sentence ``key`` (a :func:`sentence_key`) contains, as a run
+    of whole tokens, one of ``sentences`` that has at least ``min_tokens`` tokens. The held-out
+    sentences are indexed by their first ``min_tokens`` tokens, so a check costs one dictionary
+    lookup per token of the key."""
+
+    def __init__(self, sentences: Iterable[Sequence[str]], min_tokens: int = MIN_CONTAINED):
+        self.min_tokens = min_tokens
+        self.by_prefix: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+        for tokens in sentences:
+            if len(tokens) >= min_tokens:
+                self.by_prefix.setdefault(tuple(tokens[:min_tokens]), []).append(tuple(tokens))
+
+    def __call__(self, key: str) -> bool:
+        tokens, k = tuple(key.split("\x1f")), self.min_tokens
+        for i in range(len(tokens) - k + 1):
+            for held in self.by_prefix.get(tokens[i : i + k], ()):
+                if tokens[i : i + len(held)] == held:
+                    return True
+        return False
 
 
 def _keys(corpora: Sequence[Corpus]) -> set[str]:
@@ -149,7 +178,7 @@ def _keys(corpora: Sequence[Corpus]) -> set[str]:
 def load_transfer(specs: Sequence[str | Path], *, teacher: str | Path, dataset: dict, labelled: Corpus,
                   labels: Sequence[str], char_level: bool, quiet: bool = False) -> TransferSet:
     """Read every source, drop the sentences found in dev, test or ``labelled`` (the
-    student's training sentences), and get the teacher's emissions of each source (made
+    student's training sentences) or holding a dev or test sentence, and get the teacher's emissions of each source (made
     when absent, refused when made for other text or labels)."""
     from distill.data import load_dataset
     from distill.emissions import for_text
@@ -158,10 +187,11 @@ def load_transfer(specs: Sequence[str | Path], *, teacher: str | Path, dataset: 
         raise DistillError("a transfer set needs at least one source (--transfer FILE or msra:unlabelled)")
     pool = load_dataset(**dict(dataset, max_train=None, max_dev=None, max_test=None))
     held_out, seen = _keys([pool.dev, pool.test]), _keys([labelled])
+    spans = HeldOutSpans(pool.dev.tokens + pool.test.tokens)
     read, overlap, duplicate = [], 0, 0
     for spec in specs:
         corpus = read_source(spec, dataset=dataset, char_level=char_level, pool=pool)
-        keep, dropped_overlap, dropped_labelled = drop_seen(map(sentence_key, corpus.tokens), held_out, seen)
+        keep, dropped_overlap, dropped_labelled = drop_seen(map(sentence_key, corpus.tokens), held_out, seen, spans)
         overlap, duplicate = overlap + dropped_overlap, duplicate + dropped_labelled
         read.append((str(spec), corpus, np.asarray(keep, dtype=np.int64)))
     if not sum(len(keep) for _, _, keep in read):

@@ -219,20 +219,37 @@ def test_overlap_with_dev_test_and_labelled_sentences_is_dropped(tmp_path, teach
 
     ds = load_dataset(**labelled)
     lines = text_file.read_text(encoding="utf-8").split()
+    long_test = next("".join(t) for t in ds.test.tokens if len(t) >= 10)
+    # a line holding a whole test sentence inside it (news text quoting one) is dropped as overlap
     mixed = [lines[0], "".join(ds.dev.tokens[1]), lines[1], "".join(ds.test.tokens[3]), "".join(ds.train.tokens[0]),
-             lines[2]]
+             lines[2], "前言：" + long_test + "。"]
     path = tmp_path / "mixed.txt"
     path.write_text("\n".join(mixed), encoding="utf-8")
     ts = load_transfer([path], teacher=teacher, dataset=labelled, labelled=ds.train, labels=ds.labels,
                        char_level=True, quiet=True)
-    assert len(ts) == 3 and ts.dropped_overlap == 2 and ts.dropped_labelled == 1
+    assert len(ts) == 3 and ts.dropped_overlap == 3 and ts.dropped_labelled == 1
     assert ["".join(t) for t in ts.corpus.tokens] == [lines[0], lines[1], lines[2]]
     # the emissions hold every line of the file, in order; the set reads the kept rows
     em = ts.sources[0].emissions
-    assert len(em) == 6 and em.meta["unlabelled"] is True and ts.sources[0].keep.tolist() == [0, 2, 5]
+    assert len(em) == 7 and em.meta["unlabelled"] is True and ts.sources[0].keep.tolist() == [0, 2, 5]
     assert np.array_equal(ts.emissions(2), em[5])
     meta = ts.meta(0.5)
-    assert meta["dropped_overlap"] == 2 and meta["sentences"] == 3 and meta["ratio"] == 0.5
+    assert meta["dropped_overlap"] == 3 and meta["sentences"] == 3 and meta["ratio"] == 0.5
+
+
+def test_held_out_spans_match_whole_token_runs_of_long_sentences_only():
+    from distill.transfer import HeldOutSpans, sentence_key
+
+    spans = HeldOutSpans([list("一二三四五六七八九十"), list("短句子"), "the cat sat on the mat by the door today".split()],
+                         min_tokens=10)
+    assert spans(sentence_key(list("他说一二三四五六七八九十。")))
+    assert spans(sentence_key(list("一二三四五六七八九十")))
+    assert not spans(sentence_key(list("一二三四五六七八九")))  # a prefix of it is not it
+    assert not spans(sentence_key(list("他说短句子。")))  # under min_tokens: chance matches, kept
+    words = "yes the cat sat on the mat by the door today".split()
+    assert spans(sentence_key(words))
+    # tokens must match whole: "thecat" is not "the" "cat"
+    assert not spans(sentence_key("yes the cat sat on the mat by the door todays".split()))
 
 
 def test_transfer_emissions_are_memory_mapped_and_read_per_batch(tmp_path, teacher, labelled, text_file, monkeypatch):
