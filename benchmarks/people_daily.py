@@ -5,8 +5,8 @@ after 。！？ (and a closing quote that follows), for ``distill student --tran
 
 The text is news of the same kind as MSRA's but mostly other articles: 18 of the 4,613 MSRA
 test sentences of 10+ characters occur in it verbatim (this script prints the count). `distill
-student` drops every transfer sentence that equals a dev or test sentence (12 of those 18) and
-prints how many it dropped; the other 6 sit inside longer sentences here and are not dropped.
+student` drops every transfer sentence that equals a dev or test sentence (12 of those 18) or
+holds one of 10+ characters inside it (the other 6), and prints how many it dropped.
 
     python benchmarks/people_daily.py runs/people-daily-199801.txt
 """
