@@ -1,13 +1,14 @@
 """The README's screening table from benchmarks/kd_table.sh's model folders, so no figure is
 copied by hand: one markdown row per recipe folder that has its test score (eval.json).
 
-    python benchmarks/kd_rows.py [RUN_DIR] [--teacher TEACHER]   (default runs/kd-table, runs/cpu/teacher)
+    python benchmarks/kd_rows.py [RUN_DIR] [--teacher TEACHER] [--twin FOLDER ...]
+    (default runs/kd-table, runs/cpu/teacher)
 
 Columns: what the student learnt from (KD loss, transfer set), its size, alpha and T, the
-best dev F1 and its test F1, the difference to its gold-only twin (``gold`` for the small
-BiLSTM-CRF, ``large-gold`` for the large one, each trained for the same epochs, except the
-12-epoch no-transfer rows, whose twin is not in this table) and to the teacher, and the
-training wall time recorded in the folder.
+best dev F1 and its test F1, the difference to its gold-only twin and to the teacher, and
+the training wall time recorded in the folder. A row's twin is a gold-only folder (alpha 1)
+of the same size and epochs: ``gold`` and ``large-gold`` here, or one named with ``--twin``
+(the cpu pipeline's 12-epoch ``bilstm-crf`` for the 12-epoch no-transfer rows).
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ ORDER = ("gold", "kd-labelled-t1", "kd-labelled-t2", "kd-labelled-t4",
          "large-gold", "large-marginal")
 
 
-def row(folder: Path, teacher_f1: float, twins: dict[str, float]) -> str:
+def shape(params: dict) -> tuple:
+    """What makes two BiLSTM-CRFs twins: size and epochs (data, dropout and seed are the table's)."""
+    return (params["embedding_dim"], params["hidden_size"], params["lstm_layers"], params["train_config"]["epochs"])
+
+
+def row(folder: Path, teacher_f1: float, twins: dict[tuple, float]) -> str:
     meta = json.loads((folder / "distill.json").read_text(encoding="utf-8"))["meta"]
     params, training = meta["params"], meta["training"]
     test = json.loads((folder / "eval.json").read_text(encoding="utf-8"))["f1"]
@@ -33,9 +39,8 @@ def row(folder: Path, teacher_f1: float, twins: dict[str, float]) -> str:
         (" + transfer" + (f" + {' + '.join(extra)}" if extra else "")) if sources else ", labelled only")
     size = f"{params['embedding_dim']}/{params['hidden_size']}" + (
         f"x{params['lstm_layers']}" if params["lstm_layers"] > 1 else "")
-    twin = twins.get("large" if folder.name.startswith("large") else "small")
-    vs_twin = "—" if gold_only or twin is None or params["train_config"]["epochs"] != twin[1] \
-        else f"{test - twin[0]:+.3f}"
+    twin = twins.get(shape(params))
+    vs_twin = "—" if gold_only or twin is None else f"{test - twin:+.3f}"
     t = "—" if gold_only else f"{params['temperature']:g}"
     alpha = f"{params['alpha']:g}"
     return (f"| {what} (`{folder.name}`) | {size} | {alpha} | {t} | {training['best_dev_f1']:.3f} | {test:.3f} | "
@@ -46,15 +51,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", nargs="?", default="runs/kd-table", type=Path)
     ap.add_argument("--teacher", default="runs/cpu/teacher", type=Path)
+    ap.add_argument("--twin", action="append", default=[], type=Path, help="another gold-only folder with eval.json")
     args = ap.parse_args()
     teacher_f1 = json.loads((args.teacher / "eval.json").read_text(encoding="utf-8"))["f1"]
     done = [args.run_dir / n for n in ORDER if (args.run_dir / n / "eval.json").exists()]
     twins = {}
-    for key, name in (("small", "gold"), ("large", "large-gold")):
-        f = args.run_dir / name
+    for f in [args.run_dir / "gold", args.run_dir / "large-gold", *args.twin]:
         if (f / "eval.json").exists():
-            epochs = json.loads((f / "distill.json").read_text(encoding="utf-8"))["meta"]["params"]["train_config"]["epochs"]
-            twins[key] = (json.loads((f / "eval.json").read_text(encoding="utf-8"))["f1"], epochs)
+            params = json.loads((f / "distill.json").read_text(encoding="utf-8"))["meta"]["params"]
+            if params["alpha"] >= 1:
+                twins[shape(params)] = json.loads((f / "eval.json").read_text(encoding="utf-8"))["f1"]
     print(f"teacher ({args.teacher}): test F1 {teacher_f1:.3f}\n")
     print("| recipe | emb/BiLSTM | alpha | T | dev F1 | test F1 | ΔF1 vs gold-only twin | ΔF1 vs teacher | training |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
