@@ -178,8 +178,8 @@ def _keys(corpora: Sequence[Corpus]) -> set[str]:
 def load_transfer(specs: Sequence[str | Path], *, teacher: str | Path, dataset: dict, labelled: Corpus,
                   labels: Sequence[str], char_level: bool, quiet: bool = False) -> TransferSet:
     """Read every source, drop the sentences found in dev, test or ``labelled`` (the
-    student's training sentences) or holding a dev or test sentence, and get the teacher's emissions of each source (made
-    when absent, refused when made for other text or labels)."""
+    student's training sentences) or holding a dev or test sentence, and get the teacher's
+    emissions of each source (made when absent, refused when made for other text or labels)."""
     from distill.data import load_dataset
     from distill.emissions import for_text
 

@@ -287,6 +287,9 @@ def test_profiles_are_validated():
         tiny_profile(quantize_methods=("int4",))
     with pytest.raises(ValueError, match="cannot quantize 'nope'"):
         tiny_profile(quantize=("nope",))
+    with pytest.raises(ValueError, match="kd must be emission, marginal or both, got 'viterbi'"):
+        tiny_profile(kd="viterbi")
+    assert get_profile("cpu").kd == get_profile("quick").kd == "marginal"
 
 
 def test_cli_run_skips_a_finished_run(tiny_pipeline, tiny_backbone, tiny_dataset_kwargs, monkeypatch):
