@@ -24,7 +24,7 @@ C="--max-train 8000 --max-dev 1000 --teacher $TEACHER --arch bilstm-crf"
 TRANSFER="--transfer msra:unlabelled --transfer-ratio 2"
 PD98=${PD98:-runs/people-daily-199801.txt}
 # per 150 steps with the transfer set, one core: emb 200/BiLSTM 400 31 s, 300/600 54 s, 300/600 x2 layers 124 s,
-# 300/1200 x2 319 s (the small one: about 20 s); 300/600 is the largest whose 6 screening epochs fit in ~30 min
+# 300/1200 x2 319 s (the small one: about 20 s at its 10,000 words/s); 300/600 is the largest whose 6 screening epochs fit in ~30 min
 LARGE="--embedding-dim 300 --hidden-size 600"
 source benchmarks/table_lib.sh
 
