@@ -287,8 +287,8 @@ def test_profiles_are_validated():
         tiny_profile(quantize_methods=("int4",))
     with pytest.raises(ValueError, match="cannot quantize 'nope'"):
         tiny_profile(quantize=("nope",))
-    with pytest.raises(ValueError, match="kd must be emission, marginal or both, got 'viterbi'"):
-        tiny_profile(kd="viterbi")
+    with pytest.raises(ValueError, match="kd must be one of emission, marginal, both, viterbi, got 'soft'"):
+        tiny_profile(kd="soft")
     assert get_profile("cpu").kd == get_profile("quick").kd == "marginal"
 
 
