@@ -16,6 +16,8 @@ Supported schemes:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -47,26 +49,29 @@ def parse_tag(tag: str) -> tuple[str, str | None, str]:
     )
 
 
+# parse_tag of a tag already seen: a corpus has a handful of distinct tags and millions of tokens
+_parsed = lru_cache(maxsize=4096)(parse_tag)
+
+
 def detect_scheme(sentences: Sequence[Sequence[str]]) -> str:
     """Guess the scheme of tagged sentences (already validated by :func:`parse_tag`)."""
-    prefixes: set[str] = set()
+    prefixes = {_parsed(tag)[0] for tag in set(chain.from_iterable(sentences))}
+    if "M" in prefixes:
+        return "BMES"
+    if prefixes & {"E", "S"}:
+        return "BIOES"
     b_starts_fresh = False
     i_starts = False
     for tags in sentences:
         prev_prefix, prev_type = "O", None
         for tag in tags:
-            prefix, typ, _ = parse_tag(tag)
-            prefixes.add(prefix)
+            prefix, typ, _ = _parsed(tag)
             continues = prev_type == typ and prev_prefix in "BIM"
             if prefix == "B" and not (prev_type == typ and prev_prefix != "O"):
                 b_starts_fresh = True
             if prefix == "I" and not continues:
                 i_starts = True
             prev_prefix, prev_type = prefix, typ
-    if "M" in prefixes:
-        return "BMES"
-    if prefixes & {"E", "S"}:
-        return "BIOES"
     if b_starts_fresh or "B" in prefixes and not i_starts:
         return "BIO"
     if i_starts:
@@ -94,9 +99,10 @@ def to_spans(tags: Sequence[str], scheme: str) -> list[Span]:
         start, typ = None, None
 
     for i, tag in enumerate(tags):
-        prefix, t, _ = parse_tag(tag)
+        prefix, t, _ = _parsed(tag)
         if prefix == "O":
-            close(i)
+            if start is not None:
+                close(i)
         elif scheme == "IOB1":
             if prefix == "B" or t != typ or start is None:
                 close(i)

@@ -58,6 +58,8 @@ def test_twofile_reader(tmp_path):
 @pytest.mark.parametrize("content,line,needle", [
     (b"Paris B-LOC\nis\n", 2, "at least 2 columns"),
     (b"Paris B-LOC\nis X-FOO\n", 2, "fits no scheme"),
+    # the first bad tag in file order, counting blank and -DOCSTART- lines; a later bad tag is not it
+    (b"-DOCSTART- O\n\nParis B-LOC\n\nis O\nfine Z-BAR\nthen X-FOO\n", 6, "'Z-BAR' fits no scheme"),
     (b"", 1, "empty"),
     (b"  \n\n", 1, "empty"),
     (b"Paris B-LOC\n\xff\xfe O\n", 2, "UTF-8"),
@@ -77,6 +79,9 @@ def test_jsonl_bad_lines(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text('{"tokens": ["a"], "tags": ["O"]}\n{"tokens": ["a", "b"], "tags": ["O"]}\n')
     with pytest.raises(DataError, match=r"d.jsonl:2: 2 tokens but 1 tags"):
+        read_jsonl(p)
+    p.write_text('{"tokens": ["a"], "tags": ["O"]}\n\n{"tokens": ["a", "b"], "tags": ["O", "B+X"]}\n')
+    with pytest.raises(DataError, match=r"d.jsonl:3: tag 'B\+X' fits no scheme"):
         read_jsonl(p)
     p.write_text('{"tokens": ["a"], "tags": ["O"]}\nnot json\n')
     with pytest.raises(DataError, match=r"d.jsonl:2: invalid JSON"):
