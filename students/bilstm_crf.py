@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from distill.crf import CRF
+from distill.lstm import padded_bilstm
 from distill.errors import DistillError
 from distill.fileio import write_json
 from distill.modeling import Tagger, TaggerOutput, collate_extras
@@ -133,6 +134,8 @@ class BiLSTMTagger(Tagger):
             words = self.dropout(words)
         if bool(mask.all()):  # no padding (one sentence, or equal lengths): packing changes nothing
             hidden = self.lstm_unpacked(words)
+        elif self.training and type(self.lstm) is nn.LSTM:  # the same, with a faster backward pass
+            hidden = padded_bilstm(self.lstm, words, mask)
         else:
             # Packing keeps the backward direction from reading padding: each sentence's
             # backward pass starts at its own last word.

@@ -52,6 +52,17 @@ def test_bilstm_emissions_do_not_depend_on_padding():
     assert torch.allclose(alone, together.emissions[0, :3], atol=1e-6)
 
 
+def test_bilstm_training_forward_reads_padding_as_the_packed_eval_forward_does():
+    torch.manual_seed(0)
+    model = BiLSTMTagger([PAD, UNK] + list("abcdefg"), LABELS, embedding_dim=8, hidden_size=6, lstm_layers=2,
+                         dropout=0.0)
+    batch = model.collate([p.feature for p in make_pieces(model, [list("abc"), list("gfedcba")])])
+    trained = model.train()(batch)  # distill.lstm.padded_bilstm
+    evaluated = model.eval()(batch)  # packed
+    torch.testing.assert_close(trained.emissions[0, :3], evaluated.emissions[0, :3])
+    torch.testing.assert_close(trained.emissions[1], evaluated.emissions[1])
+
+
 
 def _decisive_bilstm(lstm_layers: int) -> BiLSTMTagger:
     """A random BiLSTM-CRF whose emissions and transitions vary enough that its paths do."""

@@ -1,0 +1,49 @@
+"""A bidirectional ``nn.LSTM`` over right-padded batches, for training.
+
+A packed ``nn.LSTM`` keeps the backward direction from reading padding, but on CPU its
+backward pass is several times slower than an unpacked one's (a 2x64 BiLSTM, batch 32,
+up to 60 steps: about 180 ms forward and backward packed, 46 ms unpacked, on one core).
+:func:`padded_bilstm` gives what the packed run gives without packing: each direction runs
+as a plain one-direction LSTM with the module's own weights, the backward one over each
+sequence reversed within its length.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def reversal_index(mask: Tensor) -> Tensor:
+    """(B, T) positions that reverse each row of a right-padded batch within its length
+    (``mask`` (B, T) bool, true at real positions); padding positions stay where they are.
+    The index is its own inverse."""
+    lengths = mask.sum(1, keepdim=True)  # shape: (B, 1)
+    t = torch.arange(mask.size(1), device=mask.device).unsqueeze(0)  # shape: (1, T)
+    return torch.where(t < lengths, lengths - 1 - t, t)
+
+
+def padded_bilstm(lstm: nn.LSTM, x: Tensor, mask: Tensor) -> Tensor:
+    """``lstm`` (bidirectional, batch_first, no projection) over ``x`` (B, T, D) whose rows
+    are real up to ``mask`` (B, T) and padding after: what ``pad_packed_sequence`` of the
+    packed run returns, (B, T, 2H) with zeros at padding, up to float rounding. Between
+    layers the module's dropout applies in training, as in ``nn.LSTM``."""
+    if not (lstm.bidirectional and lstm.batch_first and not lstm.proj_size):
+        raise ValueError("padded_bilstm needs a bidirectional, batch_first LSTM without projection")
+    B = x.size(0)
+    h0 = x.new_zeros(1, B, lstm.hidden_size)
+    rev = reversal_index(mask).unsqueeze(-1)  # shape: (B, T, 1)
+    weights = lstm._flat_weights
+    n = len(weights) // (2 * lstm.num_layers)  # tensors per direction and layer: 4 with biases, 2 without
+    out = x
+    for layer in range(lstm.num_layers):
+        if layer and lstm.dropout and lstm.training:
+            out = F.dropout(out, lstm.dropout, training=True)
+        first = 2 * n * layer
+        run = lambda inp, w: torch._VF.lstm(inp, (h0, h0), w, lstm.bias, 1, 0.0, lstm.training, False, True)[0]
+        forward = run(out, weights[first:first + n])  # shape: (B, T, H)
+        backward = run(out.gather(1, rev.expand(-1, -1, out.size(-1))), weights[first + n:first + 2 * n])
+        backward = backward.gather(1, rev.expand(-1, -1, backward.size(-1)))  # back in sentence order
+        out = torch.cat([forward, backward], dim=-1)  # shape: (B, T, 2H)
+    return out * mask.unsqueeze(-1).to(out.dtype)
