@@ -1,4 +1,5 @@
-"""A bidirectional ``nn.LSTM`` over right-padded batches, for training.
+"""A bidirectional ``nn.LSTM`` over right-padded batches: :func:`run_bilstm`, the one way
+every BiLSTM in distill (the students', the teacher's BiLSTM head) runs.
 
 A packed ``nn.LSTM`` keeps the backward direction from reading padding, but on CPU its
 backward pass is several times slower than an unpacked one's (a 2x64 BiLSTM, batch 32,
@@ -13,6 +14,36 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+def run_bilstm(lstm: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
+    """``lstm`` (bidirectional, batch_first) over ``x`` (B, T, D), rows real up to ``mask``
+    (B, T) bool and padding after, as a packed run gives it: the backward direction starts at
+    each row's last real position; (B, T, 2H), zeros at padding. The fastest path that gives
+    the same: no padding, no packing (:func:`unpadded`); a plain ``nn.LSTM`` in training,
+    :func:`padded_bilstm`; otherwise (eval, torch's dynamic int8 LSTM) packing."""
+    if bool(mask.all()):  # one sentence, or equal lengths: packing changes nothing
+        return unpadded(lstm, x)
+    if lstm.training and type(lstm) is nn.LSTM:
+        return padded_bilstm(lstm, x, mask)
+    packed = pack_padded_sequence(x, mask.sum(1).cpu(), batch_first=True, enforce_sorted=False)
+    return pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=x.size(1))[0]
+
+
+def unpadded(lstm: nn.Module, x: Tensor) -> Tensor:
+    """``lstm(x)[0]`` for a batch without padding.
+
+    In eval mode a plain ``nn.LSTM`` is run by the kernel its ``forward`` calls, with the
+    same arguments and zero initial states, skipping the module's per-call Python checks
+    (about a tenth of a batch-1 BiLSTM-CRF forward). Training, and any other LSTM (torch's
+    dynamic int8 one), go through the module.
+    """
+    if lstm.training or type(lstm) is not nn.LSTM or lstm.proj_size or not lstm.batch_first:
+        return lstm(x)[0]
+    zeros = x.new_zeros((lstm.num_layers * (2 if lstm.bidirectional else 1), x.size(0), lstm.hidden_size))
+    return torch._VF.lstm(x, (zeros, zeros), lstm._flat_weights, lstm.bias, lstm.num_layers, lstm.dropout,
+                          False, lstm.bidirectional, True)[0]
 
 
 def reversal_index(mask: Tensor) -> Tensor:

@@ -19,11 +19,10 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from distill.classify import Classifier, ClassifierOutput, head_tail
 from distill.fileio import write_json
-from distill.lstm import padded_bilstm
+from distill.lstm import run_bilstm
 from students.bilstm_crf import UNK, VOCAB_FILE, build_vocabulary, check_bilstm_args, read_vocabulary
 
 # Code point ranges of scripts written without spaces between words.
@@ -117,15 +116,7 @@ class BiLSTMClassifier(Classifier):
     def forward(self, batch: dict[str, Tensor]) -> ClassifierOutput:
         mask = batch["attention_mask"].bool()  # shape: (B, S)
         x = self.embedding(batch["input_ids"])  # shape: (B, S, E)
-        if bool(mask.all()):  # no padding: packing changes nothing
-            hidden = self.lstm(x)[0]
-        elif self.training and type(self.lstm) is nn.LSTM:  # the same, with a faster backward pass
-            hidden = padded_bilstm(self.lstm, x, mask)
-        else:
-            # packing keeps the backward direction from reading padding
-            lengths = mask.sum(1).cpu()
-            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            hidden, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.size(1))
+        hidden = run_bilstm(self.lstm, x, mask)  # shape: (B, S, H)
         m = mask.unsqueeze(-1)  # shape: (B, S, 1)
         pooled_max = hidden.masked_fill(~m, float("-inf")).amax(1)  # shape: (B, H)
         pooled_mean = (hidden * m).sum(1) / m.sum(1).clamp_min(1)  # shape: (B, H)

@@ -22,10 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from distill.crf import CRF
-from distill.lstm import padded_bilstm
+from distill.lstm import run_bilstm
 from distill.errors import DistillError
 from distill.fileio import write_json
 from distill.modeling import Tagger, TaggerOutput, collate_extras
@@ -132,33 +131,9 @@ class BiLSTMTagger(Tagger):
         words = self.embedding(batch["input_ids"])  # shape: (B, W, E)
         if self.dropout.training:  # (the identity in eval mode: skipping the call saves its cost per batch)
             words = self.dropout(words)
-        if bool(mask.all()):  # no padding (one sentence, or equal lengths): packing changes nothing
-            hidden = self.lstm_unpacked(words)
-        elif self.training and type(self.lstm) is nn.LSTM:  # the same, with a faster backward pass
-            hidden = padded_bilstm(self.lstm, words, mask)
-        else:
-            # Packing keeps the backward direction from reading padding: each sentence's
-            # backward pass starts at its own last word.
-            lengths = mask.sum(1).cpu()
-            packed = pack_padded_sequence(words, lengths, batch_first=True, enforce_sorted=False)
-            hidden, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=words.size(1))
+        hidden = run_bilstm(self.lstm, words, mask)  # shape: (B, W, H)
         emissions = self.classifier(self.dropout(hidden) if self.dropout.training else hidden)  # shape: (B, W, K)
         return TaggerOutput(emissions, mask, None)
-
-    def lstm_unpacked(self, words: Tensor) -> Tensor:
-        """``self.lstm(words)[0]``, words (B, W, E) -> (B, W, H), for a batch without padding.
-
-        In eval mode a plain ``nn.LSTM`` is run by the kernel its ``forward`` calls, with
-        the same arguments and zero initial states, skipping the module's per-call Python
-        checks (about a tenth of a batch-1 forward). Training, and any other LSTM (torch's
-        dynamic int8 one), go through the module.
-        """
-        lstm = self.lstm
-        if lstm.training or type(lstm) is not nn.LSTM or lstm.proj_size or not lstm.batch_first:
-            return lstm(words)[0]
-        zeros = words.new_zeros((lstm.num_layers * (2 if lstm.bidirectional else 1), words.size(0), lstm.hidden_size))
-        return torch._VF.lstm(words, (zeros, zeros), lstm._flat_weights, lstm.bias, lstm.num_layers, lstm.dropout,
-                              False, lstm.bidirectional, True)[0]
 
     def param_group_of(self, name: str) -> str:
         if name.startswith("crf."):

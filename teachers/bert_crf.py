@@ -24,10 +24,9 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from distill.crf import CRF
-from distill.lstm import padded_bilstm
+from distill.lstm import run_bilstm
 from distill.errors import DistillError
 from distill.modeling import Tagger, TaggerOutput, collate_extras
 from teachers.backbone_load import default_backbone  # noqa: F401  (callers read default_backbone here)
@@ -296,12 +295,7 @@ class BertTagger(Tagger):
         words = self.dropout(self.read_words(hidden, batch))  # shape: (B, W, H)
         mask = batch["word_mask"]
         if self.lstm is not None:
-            if self.training and type(self.lstm) is nn.LSTM:  # as packed, with a faster backward pass
-                words = padded_bilstm(self.lstm, words, mask)
-            else:
-                lengths = mask.sum(1).cpu()
-                packed = pack_padded_sequence(words, lengths, batch_first=True, enforce_sorted=False)
-                words, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=words.size(1))
+            words = run_bilstm(self.lstm, words, mask)
             words = self.dropout(words)
         emissions = self.classifier(words)  # shape: (B, W, K)
         return TaggerOutput(emissions, mask, enc.hidden_states if output_hidden_states else None)

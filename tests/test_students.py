@@ -13,6 +13,7 @@ from distill.data import load_dataset
 from distill.errors import DistillError
 from distill.evaluate import predict_tags
 from distill.features import make_pieces
+from distill.lstm import unpadded
 from distill.modeling import load_model
 from distill.train import make_optimizer
 from students.bert_small import build_bert_small, check_layers, default_layers
@@ -96,10 +97,10 @@ def test_bilstm_lstm_kernel_called_directly_is_the_module(lstm_layers):
     model = _decisive_bilstm(lstm_layers)
     words = torch.randn(3, 9, 8)
     with torch.inference_mode():
-        assert torch.equal(model.lstm_unpacked(words), model.lstm(words)[0])
+        assert torch.equal(unpadded(model.lstm, words), model.lstm(words)[0])
     model.train()  # training goes through the module (dropout between layers, autograd)
     torch.manual_seed(0)
-    first = model.lstm_unpacked(words)
+    first = unpadded(model.lstm, words)
     torch.manual_seed(0)
     assert torch.equal(first, model.lstm(words)[0])
 
