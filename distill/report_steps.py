@@ -64,12 +64,18 @@ class ReportKind:
 
 
 def find_models(run_dir: Path, exclude: Sequence[Path] = ()) -> list[Entry]:
-    """Every folder with a distill.json under ``run_dir`` (``*.work``, hidden and emissions folders skipped)."""
+    """Every folder with a distill.json under ``run_dir`` (``*.work``, hidden and emissions folders
+    skipped). Symbolic links to folders are followed (a run of links to models elsewhere is a
+    side-by-side comparison); a folder reached twice, or a link back up the tree, is read once."""
     run_dir = Path(run_dir)
     excluded = {Path(p).resolve() for p in exclude}
-    found = []
-    for root, dirs, files in os.walk(run_dir):
+    found, seen = [], set()
+    for root, dirs, files in os.walk(run_dir, followlinks=True):
         here = Path(root)
+        if here.resolve() in seen:
+            dirs[:] = []
+            continue
+        seen.add(here.resolve())
         if META_FILE in files:
             name = here.relative_to(run_dir).as_posix()
             found.append(Entry(name if name != "." else run_dir.resolve().name, here))

@@ -236,3 +236,18 @@ def test_distilled_students_are_compared_with_their_gold_only_twin():
     assert by["gold"]["f1_vs_gold"] is None and by["teacher"]["f1_vs_gold"] is None
     assert by["big-kd"]["f1_vs_gold"] is None  # another size: no twin
     assert by["kd"]["f1_delta"] == pytest.approx(-0.10)
+
+
+def test_find_models_follows_links_once(tmp_path):
+    from distill.report_steps import find_models
+
+    elsewhere = tmp_path / "elsewhere" / "bilstm"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "distill.json").write_text("{}", encoding="utf-8")
+    run = tmp_path / "side-by-side"
+    (run / "teacher").mkdir(parents=True)
+    (run / "teacher" / "distill.json").write_text("{}", encoding="utf-8")
+    (run / "bilstm").symlink_to(elsewhere, target_is_directory=True)  # a link to a model elsewhere
+    (run / "again").symlink_to(elsewhere, target_is_directory=True)  # the same model linked twice
+    (run / "teacher" / "loop").symlink_to(run, target_is_directory=True)  # a link back up the tree
+    assert [(e.name, e.folder) for e in find_models(run)] == [("again", run / "again"), ("teacher", run / "teacher")]
