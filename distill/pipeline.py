@@ -129,7 +129,7 @@ def plan(*, run_dir: Path, profile: Profile, train_ds: dict, report_ds: dict, ba
                 "num_layers": profile.student_layers if spec.arch == "bert-small" else None}
 
     steps += student_steps(run_dir, teacher, profile, train_ds, transfer, names=STUDENTS, lstm="bilstm-crf",
-                           run=run_student, identity=student_params)
+                           run=run_student, identity=student_params, kd=f"{profile.kd} KD")
 
     methods = list(profile.quantize_methods) + (list(profile.gpu_methods) if cuda else [])
     steps += quantize_steps(run_dir, profile.quantize, methods, train_ds, quiet)

@@ -137,13 +137,14 @@ class StudentSpec:
 
 def student_steps(run_dir: Path, teacher: Path, profile, train_ds: dict, transfer: list[str], *, names,
                   lstm: str, run: Callable[[StudentSpec, bool], Any], identity: Callable[[StudentSpec], dict],
-                  gold: str = "gold tags only") -> list[Step]:
+                  gold: str = "gold tags only", kd: str = "") -> list[Step]:
     """The students' training steps, taggers or classifiers alike: names starting ``bert-small``
     are the small BERT, the others the ``lstm`` architecture; ``-kd`` names distil at the
     profile's alpha and T with the ``transfer`` sources, and with a transfer set a
     ``<lstm>-kd-labelled`` twin distils without it (``profile.kd_without_transfer``); the others
     learn gold labels alone. ``run(spec, resume)`` trains one; ``identity(spec)`` gives its
-    own params, to which the data, schedule, teacher and transfer set are added here."""
+    own params, to which the data, schedule, teacher and transfer set are added here. ``gold`` and
+    ``kd`` name what the gold-only and the distilled students learn, for the step titles."""
     names = list(names)
     kd_lstm = next(n for n in names if n.endswith("-kd") and not n.startswith("bert-small"))
     if transfer and profile.kd_without_transfer:
@@ -163,8 +164,7 @@ def student_steps(run_dir: Path, teacher: Path, profile, train_ds: dict, transfe
                            **({"transfer": spec.transfer, "transfer_ratio": profile.transfer_ratio}
                               if spec.transfer else {})})
 
-        kd = f"{profile.kd} KD, " if getattr(profile, "kd", "emission") != "emission" else ""
-        what = f"distilled, {kd}alpha {profile.alpha}, T {profile.temperature}" if alpha < 1 else gold
+        what = f"distilled, {kd + ', ' if kd else ''}alpha {profile.alpha}, T {profile.temperature}" if alpha < 1 else gold
         what += f", transfer {'+'.join(spec.transfer)}" if spec.transfer else ""
         steps.append(Step(name, f"student {name} ({what})", spec.out, "distill.json", params,
                           lambda resume, spec=spec: run(spec, resume), trains=True))
