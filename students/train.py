@@ -31,8 +31,8 @@ class StudentConfig(StudentBase):
     each architecture's config (:data:`STUDENTS`) has them all, with its own defaults, its
     training defaults (:attr:`TRAIN`) and the checks of what applies to it.
 
-    bert-small: ``num_layers`` teacher layers (``layers``, default evenly spaced; None: as many
-    as ``layers``, else 3); ``dropout`` None keeps the teacher's. bilstm-crf: ``embedding_dim``,
+    bert-small: ``num_layers`` teacher layers (``layers``, default the first ``num_layers``;
+    ``num_layers`` None: as many as ``layers``, else 3); ``dropout`` None keeps the teacher's. bilstm-crf: ``embedding_dim``,
     ``hidden_size`` (both directions), ``lstm_layers``, ``dropout`` (None: :data:`BILSTM_DROPOUT`),
     ``min_count`` (rarer words are [UNK]), ``max_length`` (words per piece), ``init_embeddings``
     (start from the teacher's input embeddings, PCA-projected).

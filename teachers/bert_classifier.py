@@ -124,7 +124,7 @@ class BertClassifier(Classifier):
     def from_teacher(cls, teacher: "BertClassifier | str | Path", num_layers: int = 3,
                      layers: Sequence[int] | None = None, meta: dict | None = None) -> "BertClassifier":
         """A small student: ``num_layers`` of the teacher's encoder layers (``layers``, default
-        evenly spaced, :func:`students.bert_small.encoder_from_layers`), copied with its embeddings,
+        evenly spaced: :func:`students.bert_small.default_layers` ``spread``), copied with its embeddings,
         tokenizer, linear layer, dropout and ``max_length``. ``teacher``: a model or its folder."""
         from students.bert_small import encoder_from_layers
 
@@ -136,7 +136,7 @@ class BertClassifier(Classifier):
             if not isinstance(teacher, BertClassifier):
                 raise DistillError(f"{folder}: a small BERT student needs a BERT classifier teacher (kind 'bert-cls'), "
                                    f"got kind {getattr(teacher, 'kind', '?')!r}")
-        encoder, total, layers = encoder_from_layers(teacher.encoder, num_layers, layers)
+        encoder, total, layers = encoder_from_layers(teacher.encoder, num_layers, layers, placement="spread")
         student = cls(encoder, teacher.tokenizer, teacher.labels, dropout=teacher.dropout_p,
                       max_length=teacher.max_length,
                       meta={"role": "student", **(meta or {}), "teacher_layers": total, "layers": layers,

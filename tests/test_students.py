@@ -193,10 +193,13 @@ def test_bilstm_student_saves_its_own_vocabulary_and_needs_no_teacher(tmp_path, 
 # --- bert-small ------------------------------------------------------------------
 
 
-def test_default_layers_are_evenly_spaced():
-    assert default_layers(6, 3) == [0, 2, 4]
-    assert default_layers(12, 4) == [0, 3, 6, 9]
-    assert default_layers(2, 2) == [0, 1]
+def test_default_layers_are_the_first_for_taggers_and_evenly_spaced_for_classifiers():
+    assert default_layers(12, 3) == [0, 1, 2]
+    assert default_layers(6, 3, "spread") == [0, 2, 4]
+    assert default_layers(12, 4, "spread") == [0, 3, 6, 9]
+    assert default_layers(2, 2, "spread") == [0, 1]
+    with pytest.raises(ValueError, match="placement must be one of first, spread"):
+        default_layers(12, 3, "top")
     assert check_layers(6, 2, [1, 5]) == [1, 5]
     for layers, num, message in (([0, 6], 2, "out of range"), ([2, 1], 2, "increasing"), ([0], 2, "names 1 layers")):
         with pytest.raises(DistillError, match=message):
@@ -226,15 +229,15 @@ def test_bert_small_copies_the_chosen_teacher_layers(six_layer_teacher):
     teacher = six_layer_teacher
     student = build_bert_small(teacher, num_layers=3)
     assert student.encoder.config.num_hidden_layers == 3 and teacher.encoder.config.num_hidden_layers == 6
-    assert student.meta["layers"] == [0, 2, 4]
-    for i, l in enumerate([0, 2, 4]):
-        assert _same(student.encoder.encoder.layer[i], teacher.encoder.encoder.layer[l])
-    assert not _same(student.encoder.encoder.layer[1], teacher.encoder.encoder.layer[1])
+    assert student.meta["layers"] == [0, 1, 2]  # the first layers by default
+    for i in range(3):
+        assert _same(student.encoder.encoder.layer[i], teacher.encoder.encoder.layer[i])
     assert _same(student.encoder.embeddings, teacher.encoder.embeddings)
     assert _same(student.classifier, teacher.classifier) and _same(student.crf, teacher.crf)
     assert student.encoder.config.hidden_size == teacher.encoder.config.hidden_size
     chosen = build_bert_small(teacher, num_layers=2, layers=[1, 5])
     assert _same(chosen.encoder.encoder.layer[1], teacher.encoder.encoder.layer[5])
+    assert not _same(chosen.encoder.encoder.layer[1], teacher.encoder.encoder.layer[1])
 
 
 def test_bert_small_with_all_layers_is_the_teacher(tiny_teacher):

@@ -49,7 +49,7 @@ def student_cmd(
                                                    "sentence in each epoch (default: the whole transfer set)."),
     out: Path = typer.Option(Path("runs/student"), "--out", "-o", help="Output model folder."),
     num_layers: Optional[int] = typer.Option(None, "--num-layers", help="bert-small: teacher layers to keep (default 3, or the count of --layers)."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="bert-small: which teacher layers, e.g. 0,2,4 (default evenly spaced)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="bert-small: which teacher layers, e.g. 0,4,8 (default: the first --num-layers for a tagger, evenly spaced for a classifier)."),
     embedding_dim: int = typer.Option(128, "--embedding-dim", help="bilstm-crf, bilstm: word (or character) embedding size."),
     hidden_size: Optional[int] = typer.Option(None, "--hidden-size", help="bilstm-crf, bilstm: BiLSTM output size, both "
                                               "directions together (default 256; bilstm 512)."),
