@@ -112,7 +112,7 @@ def e5_teacher_config(**overrides) -> TrainConfig:
 
 
 def quick_profile() -> Profile:
-    """About 20 minutes end to end on a 2-core CPU (the README gives the measured time)."""
+    """About 13 minutes end to end on a 2-core CPU (the README gives the measured time)."""
     return Profile(name="quick", max_train=2000, max_dev=200, max_test=500,
                    teacher=e5_teacher_config(), transfer=("msra:unlabelled:4000",),
                    bilstm=_student_config("bilstm-crf", epochs=8),
