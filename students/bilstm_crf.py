@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from distill.crf import CRF
-from distill.lstm import run_bilstm
 from distill.errors import DistillError
 from distill.fileio import write_json
+from distill.lstm import run_bilstm
 from distill.modeling import Tagger, TaggerOutput, collate_extras
 
 PAD, UNK = "[PAD]", "[UNK]"

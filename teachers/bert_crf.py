@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from distill.crf import CRF
-from distill.lstm import run_bilstm
 from distill.errors import DistillError
+from distill.lstm import run_bilstm
 from distill.modeling import Tagger, TaggerOutput, collate_extras
 from teachers.backbone_load import default_backbone  # noqa: F401  (callers read default_backbone here)
 from teachers.backbone_load import encoder_from_folder, load_backbone, load_tokenizer
