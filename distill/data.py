@@ -87,14 +87,6 @@ def _read_lines(path: Path) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
-def _fits_a_scheme(tag: str) -> bool:
-    try:
-        schemes.parse_tag(tag)
-    except schemes.TagError:
-        return False
-    return True
-
-
 def _first_in_sentences(tags, lines: list[int]) -> Callable[[set], tuple[int, str]]:
     """``first_bad`` for readers with one line per sentence (``lines[i]``: sentence i's)."""
     return lambda bad: next((ln, t) for sent_tags, ln in zip(tags, lines) for t in sent_tags if t in bad)
@@ -106,13 +98,15 @@ def _finish(path: Path, tokens, tags, first_bad: Callable[[set], tuple[int, str]
     line and tag of the first token (in file order) whose tag is in ``bad``; only called on error."""
     if not tokens:
         raise DataError(path, 1, "no sentences found; expected 'TOKEN TAG' lines")
-    bad = {tag for tag in set(chain.from_iterable(tags)) if not _fits_a_scheme(tag)}  # each distinct tag once
-    if bad:
-        line, tag = first_bad(bad)
+    errors = {}  # each distinct tag checked once
+    for tag in set(chain.from_iterable(tags)):
         try:
             schemes.parse_tag(tag)
         except schemes.TagError as e:
-            raise DataError(path, line, str(e)) from None
+            errors[tag] = str(e)
+    if errors:
+        line, tag = first_bad(set(errors))
+        raise DataError(path, line, errors[tag])
     scheme = schemes.detect_scheme(tags)
     sep = schemes.separator_of(tags)
     bio = [schemes.convert(t, scheme, "BIO") for t in tags]

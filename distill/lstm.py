@@ -67,12 +67,15 @@ def padded_bilstm(lstm: nn.LSTM, x: Tensor, mask: Tensor) -> Tensor:
     rev = reversal_index(mask).unsqueeze(-1)  # shape: (B, T, 1)
     weights = lstm._flat_weights
     n = len(weights) // (2 * lstm.num_layers)  # tensors per direction and layer: 4 with biases, 2 without
+
+    def run(inp: Tensor, w) -> Tensor:  # one direction of one layer
+        return torch._VF.lstm(inp, (h0, h0), w, lstm.bias, 1, 0.0, lstm.training, False, True)[0]
+
     out = x
     for layer in range(lstm.num_layers):
         if layer and lstm.dropout and lstm.training:
             out = F.dropout(out, lstm.dropout, training=True)
         first = 2 * n * layer
-        run = lambda inp, w: torch._VF.lstm(inp, (h0, h0), w, lstm.bias, 1, 0.0, lstm.training, False, True)[0]
         forward = run(out, weights[first:first + n])  # shape: (B, T, H)
         backward = run(out.gather(1, rev.expand(-1, -1, out.size(-1))), weights[first + n:first + 2 * n])
         backward = backward.gather(1, rev.expand(-1, -1, backward.size(-1)))  # back in sentence order

@@ -72,10 +72,11 @@ def find_models(run_dir: Path, exclude: Sequence[Path] = ()) -> list[Entry]:
     found, seen = [], set()
     for root, dirs, files in os.walk(run_dir, followlinks=True):
         here = Path(root)
-        if here.resolve() in seen:
+        real = here.resolve()
+        if real in seen:
             dirs[:] = []
             continue
-        seen.add(here.resolve())
+        seen.add(real)
         if META_FILE in files:
             name = here.relative_to(run_dir).as_posix()
             found.append(Entry(name if name != "." else run_dir.resolve().name, here))
