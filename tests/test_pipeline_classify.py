@@ -82,6 +82,8 @@ def test_the_built_in_sentiment_profiles():
     cpu = get_classify_profile("cpu")
     assert cpu.max_train == 2000 and cpu.transfer == ("sentiment:unlabelled",)
     assert get_classify_profile("full").transfer == ()
+    every_label = get_classify_profile("cpu-all")
+    assert every_label.max_train is None and every_label.transfer == () and not every_label.kd_without_transfer
     with pytest.raises(ValueError, match="alpha"):
         ClassifyProfile(name="x", alpha=1.0)
     with pytest.raises(ValueError, match="quantization method"):

@@ -60,7 +60,9 @@ def report_cmd(
 @app.command("run")
 def run_cmd(
     run_dir: Path = typer.Argument(..., help="Run folder: every model and the report go here."),
-    profile: str = typer.Option("quick", "--profile", help="quick (about 20 min on a 2-core CPU) | cpu (8,000 sentences, about 1.5 h) | full (all data; for a GPU)."),
+    profile: str = typer.Option("quick", "--profile", help="Tagging: quick (about 13 min on a 2-core CPU) | cpu (8,000 sentences, about 1.5 h) | full (all data; for a GPU). "
+                                "Classification: quick | cpu (2,000 labelled reviews, the rest as transfer text) | cpu-all "
+                                "(every label, no transfer) | full."),
     backbone: Optional[str] = typer.Option(None, help="Teacher encoder: e5-small (default) | minilm-l6 | a local folder | a hub id."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in dataset name (default msra; sentiment: "
                                           "text classification)."),
