@@ -59,7 +59,9 @@ def test_every_step_runs_and_the_report_covers_every_classifier(classify_run):
         assert meta["task"] == "classify", name
     params = {n: json.loads((run / n / "distill.json").read_text(encoding="utf-8"))["meta"]["params"]
               for n in ("bilstm", "bilstm-kd")}
-    assert params["bilstm"]["alpha"] == 1.0 and params["bilstm-kd"]["alpha"] == 0.5
+    profile = tiny_profile()
+    assert params["bilstm"]["alpha"] == 1.0 and params["bilstm-kd"]["alpha"] == profile.alpha < 1
+    assert params["bilstm-kd"]["temperature"] == profile.temperature
     report = json.loads((run / "report" / "report.json").read_text(encoding="utf-8"))
     assert sorted(r["name"] for r in report["models"]) == sorted(expected[:-1])
     assert not report["failed"]
