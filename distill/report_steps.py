@@ -119,7 +119,10 @@ def read_models(entries: list[Entry], check: Callable[[dict[str, Any]], str | No
 
 
 def _default_command() -> str:
-    if Path(sys.argv[0]).name == "distill":
+    """This process's command line as a user types it: ``distill ...`` for the console script
+    and for ``python -m distill`` (the same CLI), else the interpreter and its arguments."""
+    script = Path(sys.argv[0])
+    if script.name == "distill" or (script.name == "__main__.py" and script.parent.name == "distill"):
         return shlex.join(["distill", *sys.argv[1:]])
     return shlex.join([Path(sys.executable).name, *sys.argv])
 

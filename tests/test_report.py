@@ -251,3 +251,16 @@ def test_find_models_follows_links_once(tmp_path):
     (run / "again").symlink_to(elsewhere, target_is_directory=True)  # the same model linked twice
     (run / "teacher" / "loop").symlink_to(run, target_is_directory=True)  # a link back up the tree
     assert [(e.name, e.folder) for e in find_models(run)] == [("again", run / "again"), ("teacher", run / "teacher")]
+
+
+@pytest.mark.parametrize("argv0, expected", [
+    ("/venv/bin/distill", "distill run runs/x --profile cpu"),
+    ("/src/distill/__main__.py", "distill run runs/x --profile cpu"),  # python -m distill
+    ("/src/other/__main__.py", "python /src/other/__main__.py run runs/x --profile cpu"),
+])
+def test_the_report_names_the_command_as_typed(monkeypatch, argv0, expected):
+    from distill.report_steps import _default_command
+
+    monkeypatch.setattr(sys, "argv", [argv0, "run", "runs/x", "--profile", "cpu"])
+    monkeypatch.setattr(sys, "executable", "/usr/bin/python")
+    assert _default_command() == expected
