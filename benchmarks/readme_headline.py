@@ -55,20 +55,38 @@ def latency(ms: float) -> str:
     return f"{ms:.2f}" if ms < 1 else f"{ms:.1f}"
 
 
-def classify_table(models: dict) -> None:
-    """Accuracy first (the issue's measure), macro-F1 beside it; deltas in accuracy."""
-    print("| model | accuracy | macro-F1 | Δacc vs teacher | Δacc vs no KD | transfer texts | params | size MB "
-          "| latency ms | speedup b1 | texts/s @32 | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name in list(CLASSIFY_LABELS) + sorted(set(models) - set(CLASSIFY_LABELS)):
-        if name not in models:
-            continue
-        m = models[name]
-        delta = "—" if name == "teacher" else f"{m['acc_delta']:+.3f}"
-        vs_gold = "—" if m.get("acc_vs_gold") is None else f"{m['acc_vs_gold']:+.3f}"
-        print(f"| {CLASSIFY_LABELS.get(name, name)} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {delta} | {vs_gold} | "
-              f"{m['transfer']:,} | {params(m['parameters'])} | {m['size_mb']:.1f} | {latency(m['latency_ms_median'])} | "
-              f"{m['speedup_b1']:.1f}x | {round(m['throughput'])} | {round(m['peak_rss_mb'])} |")
+def delta(key: str):
+    """A column of signed differences; the teacher's own row and a model without a twin show a dash."""
+    return lambda name, m: "—" if name == "teacher" or m.get(key) is None else f"{m[key]:+.3f}"
+
+
+def common(units: str):
+    """The columns both tasks share after their scores."""
+    return [(f"transfer {units}", lambda n, m: f"{m['transfer']:,}"), ("params", lambda n, m: params(m["parameters"])),
+            ("size MB", lambda n, m: f"{m['size_mb']:.1f}"),
+            ("latency ms", lambda n, m: latency(m["latency_ms_median"]))]
+
+
+TAG_COLUMNS = [("F1", lambda n, m: f"{m['f1']:.3f}"), ("ΔF1 vs teacher", delta("f1_delta")),
+               ("ΔF1 vs no KD", delta("f1_vs_gold")), *common("sentences"),
+               ("speedup", lambda n, m: f"{m['speedup_b1']:.1f}x"), ("sent/s @32", lambda n, m: f"{round(m['throughput'])}"),
+               ("peak RSS MB", lambda n, m: f"{round(m['peak_rss_mb'])}")]
+# text classification: accuracy first (the issue's measure), macro-F1 beside it, deltas in accuracy
+CLASSIFY_COLUMNS = [("accuracy", lambda n, m: f"{m['accuracy']:.3f}"), ("macro-F1", lambda n, m: f"{m['macro_f1']:.3f}"),
+                    ("Δacc vs teacher", delta("acc_delta")), ("Δacc vs no KD", delta("acc_vs_gold")), *common("texts"),
+                    ("speedup b1", lambda n, m: f"{m['speedup_b1']:.1f}x"),
+                    ("texts/s @32", lambda n, m: f"{round(m['throughput'])}"),
+                    ("peak RSS MB", lambda n, m: f"{round(m['peak_rss_mb'])}")]
+
+
+def table(models: dict, labels: dict, columns: list) -> None:
+    """One row per model, the labelled ones first in ``labels``' order."""
+    print("| model | " + " | ".join(header for header, _ in columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for name in list(labels) + sorted(set(models) - set(labels)):
+        if name in models:
+            cells = [cell(name, models[name]) for _, cell in columns]
+            print(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -76,20 +94,9 @@ def main() -> None:
     report = json.load(open(path, encoding="utf-8"))
     models = {m["name"]: m for m in report["models"]}
     if report.get("task") == "classify":
-        classify_table(models)
-        return
-    print("| model | F1 | ΔF1 vs teacher | ΔF1 vs no KD | transfer sentences | params | size MB | latency ms "
-          "| speedup | sent/s @32 | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name in list(LABELS) + sorted(set(models) - set(LABELS)):
-        if name not in models:
-            continue
-        m = models[name]
-        delta = "—" if name == "teacher" else f"{m['f1_delta']:+.3f}"
-        vs_gold = "—" if m.get("f1_vs_gold") is None else f"{m['f1_vs_gold']:+.3f}"
-        print(f"| {LABELS.get(name, name)} | {m['f1']:.3f} | {delta} | {vs_gold} | {m['transfer']:,} | "
-              f"{params(m['parameters'])} | {m['size_mb']:.1f} | {latency(m['latency_ms_median'])} | "
-              f"{m['speedup_b1']:.1f}x | {round(m['throughput'])} | {round(m['peak_rss_mb'])} |")
+        table(models, CLASSIFY_LABELS, CLASSIFY_COLUMNS)
+    else:
+        table(models, LABELS, TAG_COLUMNS)
 
 
 if __name__ == "__main__":
